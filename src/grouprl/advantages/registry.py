@@ -1,0 +1,314 @@
+"""The estimator registry, ``compute_advantages`` and composition of estimators.
+
+An estimator is a pure function ``fn(batch: Rollouts, *, hparam=default, ...) -> Tensor`` that
+returns either one advantage per row (B,) — broadcast to the row's tokens here, one write — or a
+per-token (B, T) tensor. Register it with ``@estimator(name, needs=..., paper=...)``; its docstring
+states the paper's equation. ``compute_advantages`` checks the fields it needs, its keyword
+arguments (unknown → suggestions) and its output (finite, float32 (B, T), 0 on masked tokens).
+
+Composition: ``get("grpo") * 0.7 + get("rloo") * 0.3`` or the string ``"0.7*grpo + 0.3*rloo"``,
+and post-transforms with ``.then("whiten")`` or ``"grpo | whiten"``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..core import Registry, Rollouts, broadcast, group_stats, masked_whiten, suggest
+
+__all__ = [
+    "EstimatorInfo",
+    "Estimator",
+    "estimator",
+    "transform",
+    "get",
+    "compute_advantages",
+    "ESTIMATORS",
+    "TRANSFORMS",
+    "group_diagnostics",
+]
+
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    name: str
+    fn: Callable[..., Tensor]
+    needs: tuple[str, ...]
+    paper: str
+    level: str
+    example: dict[str, Any] | None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.fn.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        return self.doc.split("\n", 1)[0] if self.doc else ""
+
+
+ESTIMATORS: Registry[EstimatorInfo] = Registry("estimator")
+TRANSFORMS: Registry[Callable[..., Tensor]] = Registry("advantage transform")
+
+
+def _keyword_defaults(fn: Callable) -> dict[str, Any]:
+    sig = inspect.signature(fn)
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def estimator(
+    name: str,
+    *,
+    needs: tuple[str, ...] = ("rewards", "group", "mask"),
+    paper: str = "",
+    level: str = "outcome",
+    example: dict[str, Any] | None = None,
+):
+    """Register ``fn`` as the estimator ``name``.
+
+    ``needs``: the batch fields it reads (checked before the call). ``example``: a small worked
+    example for ``grouprl explain``: ``{"rewards": [...], "group": [...], ...other fields,
+    "kwargs": {...}}`` (one response token per row unless a ``mask`` is given).
+    """
+
+    def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        ESTIMATORS.add(
+            name,
+            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn)),
+        )
+        return fn
+
+    return deco
+
+
+def transform(name: str):
+    """Register a post-transform ``fn(adv (B,T), batch, **kw) -> (B,T)``."""
+
+    def deco(fn):
+        TRANSFORMS.add(name, fn)
+        return fn
+
+    return deco
+
+
+@transform("whiten")
+def whiten(adv: Tensor, batch: Rollouts, *, shift_mean: bool = True) -> Tensor:
+    """Batch whitening over all response tokens: (A − mean)/sqrt(var + 1e-8), as verl."""
+    return masked_whiten(adv, batch.mask, shift_mean=shift_mean)
+
+
+@transform("clip")
+def clip(adv: Tensor, batch: Rollouts, *, value: float = 5.0) -> Tensor:
+    """Clamp advantages to [−value, value]."""
+    return adv.clamp(-value, value)
+
+
+@transform("scale")
+def scale(adv: Tensor, batch: Rollouts, *, value: float = 1.0) -> Tensor:
+    """Multiply advantages by a constant."""
+    return adv * value
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_needs(info: EstimatorInfo, batch: Rollouts) -> None:
+    missing = [f for f in info.needs if not batch.has(f)]
+    if missing:
+        raise ValueError(
+            f"estimator {info.name!r} needs the batch field(s) {', '.join(map(repr, missing))}, "
+            f"which the batch does not have; build Rollouts with {missing[0]}=... "
+            f"(it needs: {', '.join(info.needs)})."
+        )
+
+
+def _check_kwargs(what: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    for k in kwargs:
+        if k not in defaults:
+            hint = suggest(k, defaults) if defaults else "it takes no hyperparameters"
+            raise TypeError(f"{what} got an unknown hyperparameter {k!r}: {hint}")
+
+
+def _finish(out: Tensor, batch: Rollouts, who: str) -> Tensor:
+    if out.dim() == 1:
+        if out.shape[0] != len(batch):
+            raise ValueError(f"estimator {who!r} returned {tuple(out.shape)}, expected ({len(batch)},)")
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            r = int(bad.nonzero()[0, 0])
+            raise FloatingPointError(f"estimator {who!r} produced a non-finite advantage at row {r}.")
+        return broadcast(out, batch.mask)
+    if tuple(out.shape) != tuple(batch.mask.shape):
+        raise ValueError(
+            f"estimator {who!r} returned {tuple(out.shape)}, expected (B,) or (B, T) = "
+            f"{tuple(batch.mask.shape)}"
+        )
+    out = out.to(torch.float32)
+    if not bool(torch.isfinite(out).all()):
+        r = int((~torch.isfinite(out)).any(dim=1).nonzero()[0, 0])
+        raise FloatingPointError(f"estimator {who!r} produced a non-finite advantage at row {r}.")
+    return out * batch.mask
+
+
+class Estimator:
+    """A callable advantage estimator: a named one with bound hyperparameters, a weighted sum of
+    estimators, or an estimator followed by post-transforms. Calling it returns float32 (B, T)."""
+
+    def __init__(self, terms, transforms=()) -> None:
+        # terms: list of (weight, EstimatorInfo, kwargs); transforms: list of (name, kwargs)
+        self.terms = list(terms)
+        self.transforms = list(transforms)
+
+    # composition -------------------------------------------------------------------------
+    def __mul__(self, c: float) -> "Estimator":
+        if self.transforms:
+            raise ValueError("scale an estimator before adding transforms, or use .then('scale', value=c)")
+        return Estimator([(w * float(c), i, k) for w, i, k in self.terms])
+
+    __rmul__ = __mul__
+
+    def __add__(self, other: "Estimator") -> "Estimator":
+        if not isinstance(other, Estimator):
+            return NotImplemented
+        if self.transforms or other.transforms:
+            raise ValueError("add estimators first, then apply transforms to the sum")
+        return Estimator(self.terms + other.terms)
+
+    def then(self, name: str, **kwargs: Any) -> "Estimator":
+        fn = TRANSFORMS[name]
+        _check_kwargs(f"transform {name!r}", _keyword_defaults(fn), kwargs)
+        return Estimator(self.terms, self.transforms + [(name, kwargs)])
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for _, info, _ in self.terms:
+            seen.update(dict.fromkeys(info.needs))
+        return tuple(seen)
+
+    def __repr__(self) -> str:
+        s = " + ".join(
+            (f"{w:g}*" if w != 1.0 else "") + info.name + (f"({kw})" if kw else "")
+            for w, info, kw in self.terms
+        )
+        for name, kw in self.transforms:
+            s += f" | {name}" + (f"({kw})" if kw else "")
+        return f"Estimator({s})"
+
+    def __call__(self, batch: Rollouts) -> Tensor:
+        total: Tensor | None = None
+        for w, info, kwargs in self.terms:
+            _check_needs(info, batch)
+            out = _finish(info.fn(batch, **kwargs), batch, info.name)
+            if w != 1.0:
+                out = out * w
+            total = out if total is None else total + out
+        assert total is not None
+        for name, kwargs in self.transforms:
+            total = TRANSFORMS[name](total, batch, **kwargs) * batch.mask
+        return total
+
+
+def get(name: str, **kwargs: Any) -> Estimator:
+    """The registered estimator ``name`` with hyperparameters bound (checked now)."""
+    info = ESTIMATORS[name]
+    _check_kwargs(f"estimator {name!r}", info.defaults, kwargs)
+    return Estimator([(1.0, info, kwargs)])
+
+
+_TERM = re.compile(r"^\s*(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][\w.]*)\s*$")
+_TRANSFORM = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\(\s*([^)]*)\))?\s*$")
+
+
+def parse(expr: str, **hparams: Any) -> Estimator:
+    """Parse ``"0.7*grpo + 0.3*rloo | whiten | clip(3)"`` into an Estimator.
+
+    Each hyperparameter in ``hparams`` goes to every term whose estimator accepts it; one accepted
+    by none is an error.
+    """
+    parts = expr.split("|")
+    terms = []
+    used: set[str] = set()
+    for piece in parts[0].split("+"):
+        m = _TERM.match(piece)
+        if not m:
+            raise ValueError(f"cannot parse estimator term {piece.strip()!r} in {expr!r}; write e.g. '0.7*grpo'")
+        w = float(m.group(1)) if m.group(1) else 1.0
+        info = ESTIMATORS[m.group(2)]
+        kw = {k: v for k, v in hparams.items() if k in info.defaults}
+        used.update(kw)
+        terms.append((w, info, kw))
+    unused = set(hparams) - used
+    if unused:
+        k = sorted(unused)[0]
+        accepted = {p for _, i, _ in terms for p in i.defaults}
+        names = "+".join(i.name for _, i, _ in terms)
+        hint = suggest(k, accepted) if accepted else "it takes no hyperparameters"
+        raise TypeError(f"estimator {names!r} got an unknown hyperparameter {k!r}: {hint}")
+    est = Estimator(terms)
+    for piece in parts[1:]:
+        m = _TRANSFORM.match(piece)
+        if not m:
+            raise ValueError(f"cannot parse transform {piece.strip()!r} in {expr!r}; write e.g. 'clip(3)'")
+        name, arg = m.group(1), m.group(2)
+        kwargs: dict[str, Any] = {}
+        if arg:
+            fn_defaults = _keyword_defaults(TRANSFORMS[name])
+            if "=" in arg:
+                for kv in arg.split(","):
+                    k, v = kv.split("=", 1)
+                    kwargs[k.strip()] = float(v) if k.strip() != "shift_mean" else v.strip() == "True"
+            elif fn_defaults:
+                kwargs[next(iter(fn_defaults))] = float(arg)
+        est = est.then(name, **kwargs)
+    return est
+
+
+def compute_advantages(
+    method: str | Estimator,
+    batch: Rollouts,
+    *,
+    return_info: bool = False,
+    **hparams: Any,
+):
+    """Token advantages of ``batch`` by a registered estimator, an expression or an Estimator.
+
+    Returns a float32 (B, T) tensor, exactly 0 on masked tokens; with ``return_info=True`` also a
+    dict of group diagnostics (see ``group_diagnostics``).
+    """
+    if not isinstance(batch, Rollouts):
+        raise TypeError(f"compute_advantages expects a grouprl.Rollouts batch, got {type(batch).__name__}")
+    if isinstance(method, Estimator):
+        if hparams:
+            raise TypeError("bind hyperparameters with get(name, **hparams) when passing an Estimator")
+        est = method
+    elif isinstance(method, str):
+        est = get(method, **hparams) if method in ESTIMATORS else parse(method, **hparams)
+    else:
+        raise TypeError(f"method must be a name or an Estimator, got {type(method).__name__}")
+    adv = est(batch)
+    if return_info:
+        return adv, group_diagnostics(batch)
+    return adv
+
+
+def group_diagnostics(batch: Rollouts, *, tol: float = 0.0) -> dict[str, Tensor]:
+    """Per-batch group facts as tensors: number of groups, groups of one, constant ("dead") groups
+    (max − min <= tol, no relative signal), and their fraction."""
+    st = group_stats(batch.rewards, batch.group, batch.num_groups)
+    dead = (st.max - st.min) <= tol
+    return {
+        "num_groups": torch.tensor(st.num_groups),
+        "num_singleton_groups": st.singleton.sum(),
+        "num_constant_groups": dead.sum(),
+        "frac_constant_groups": dead.to(torch.float32).mean(),
+    }

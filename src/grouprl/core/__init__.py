@@ -1,0 +1,21 @@
+"""Floor 1: the batch type, the group kernel, masked reductions, the registry (torch + numpy only)."""
+
+from .batch import Rollouts
+from .groups import GroupStats, factorize, group_stats
+from .masked import broadcast, masked_mean, masked_sum, masked_whiten, reverse_discounted_cumsum
+from .registry import Registry, UnknownName, suggest
+
+__all__ = [
+    "Rollouts",
+    "GroupStats",
+    "factorize",
+    "group_stats",
+    "broadcast",
+    "masked_mean",
+    "masked_sum",
+    "masked_whiten",
+    "reverse_discounted_cumsum",
+    "Registry",
+    "UnknownName",
+    "suggest",
+]

@@ -1,0 +1,71 @@
+"""Masked reductions over (B, T) tensors, and broadcasting per-row values to tokens."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["broadcast", "masked_sum", "masked_mean", "masked_whiten", "reverse_discounted_cumsum"]
+
+
+def broadcast(per_row: Tensor, mask: Tensor) -> Tensor:
+    """(B,) -> float32 (B, T): ``per_row[i]`` on row i's unmasked tokens, exactly 0 elsewhere.
+
+    One write of the output: this is the memory floor of every outcome-level estimator.
+    """
+    return per_row.to(torch.float32).unsqueeze(1) * mask
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, eps: float = 1e-8) -> Tensor:
+    """Σ x·m / (Σ m + eps): 0 (not NaN) when nothing is unmasked, as in verl >= 0.4."""
+    return masked_sum(x, mask, dim) / (mask.sum() if dim is None else mask.sum(dim=dim)).add(eps)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Whiten over the unmasked entries: (x − mean)/sqrt(var + eps), unbiased variance, as verl.
+
+    The statistics are accumulated in float64; masked entries of the result are 0.
+    """
+    m = mask.to(torch.float64)
+    x64 = x.to(torch.float64)
+    n = m.sum()
+    mean = (x64 * m).sum() / n.clamp_min(1.0)
+    var = ((x64 - mean) ** 2 * m).sum() / (n - 1).clamp_min(1.0)
+    out = (x64 - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return (out * m).to(x.dtype if x.dtype.is_floating_point else torch.float32)
+
+
+def reverse_discounted_cumsum(x: Tensor, gamma: float) -> Tensor:
+    """y_t = x_t + γ·y_{t+1} along the last dimension, without a Python loop over time.
+
+    Uses the closed form y = (Σ_{s>=t} γ^s x_s) / γ^t in chunks short enough that γ^-t stays
+    well inside float64 range.
+    """
+    if gamma == 1.0:
+        return x.flip(-1).cumsum(-1).flip(-1)
+    if gamma == 0.0:
+        return x.clone()
+    T = x.shape[-1]
+    x64 = x.to(torch.float64)
+    out = torch.empty_like(x64)
+    # chunk length such that gamma**chunk >= 1e-12 (float64 keeps ~15 digits relative)
+    chunk = max(1, min(T, int(math.log(1e-12) / math.log(gamma))))
+    carry = torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
+    for end in range(T, 0, -chunk):  # loop over chunks (T / chunk iterations), not tokens
+        start = max(0, end - chunk)
+        seg = x64[..., start:end]
+        L = end - start
+        powers = gamma ** torch.arange(L, dtype=torch.float64, device=x.device)
+        y = (seg * powers).flip(-1).cumsum(-1).flip(-1) / powers
+        y = y + carry.unsqueeze(-1) * (gamma ** torch.arange(L, 0, -1, dtype=torch.float64, device=x.device))
+        out[..., start:end] = y
+        carry = y[..., 0]
+    return out.to(x.dtype)
