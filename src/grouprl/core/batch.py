@@ -59,8 +59,8 @@ def _as_tensor(name: str, x: Any, dtype: torch.dtype | None = None, device=None)
     else:
         try:
             arr = np.asarray(x)
-        except Exception as exc:  # pragma: no cover - numpy accepts nearly anything
-            raise ValueError(f"Rollouts.{name}: cannot convert {type(x).__name__} to a tensor") from exc
+        except ValueError:  # numpy refuses ragged nested lists
+            arr = np.empty(0, dtype=object)
         if arr.dtype == object:
             raise ValueError(
                 f"Rollouts.{name}: got a ragged or object array; pass a rectangular numeric array "

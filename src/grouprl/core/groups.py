@@ -43,7 +43,17 @@ def factorize(labels) -> tuple[Tensor, int, list | None]:
             )
         uniq, inv = torch.unique(labels, sorted=True, return_inverse=True)
         return inv.to(torch.int64), int(uniq.numel()), None
-    arr = np.asarray(labels) if not isinstance(labels, np.ndarray) else labels
+    if isinstance(labels, np.ndarray):
+        arr = labels
+    else:
+        labels = list(labels)
+        try:
+            arr = np.asarray(labels)
+        except ValueError:  # ragged nested labels: treat each as one hashable object
+            arr = None
+        if arr is None or arr.ndim != 1:
+            arr = np.empty(len(labels), dtype=object)
+            arr[:] = [tuple(x) if isinstance(x, list) else x for x in labels]
     if arr.ndim != 1:
         raise ValueError(
             f"Rollouts.group: expected shape (B,), got {arr.shape}; pass one group label per row."

@@ -18,7 +18,11 @@ class UnknownName(KeyError, ValueError):
 
 
 def suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    """A hint for a mistyped ``name``: prefix matches first, then difflib's close matches."""
+    choices = list(choices)
+    prefix = [c for c in choices if c and (name.startswith(c) or c.startswith(name))]
+    close = prefix + [c for c in difflib.get_close_matches(name, choices, n=3, cutoff=0.5) if c not in prefix]
+    close = close[:3]
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     return "choose one of: " + ", ".join(sorted(choices))

@@ -1,0 +1,103 @@
+"""``grouprl list`` and ``grouprl explain NAME``: what is registered, and each method worked live."""
+
+from __future__ import annotations
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .app import app
+
+
+def _example_batch(example: dict):
+    from ..core import Rollouts
+
+    fields = {k: v for k, v in example.items() if k != "kwargs"}
+    n = len(fields["rewards"])
+    fields.setdefault("group", [0] * n)
+    fields.setdefault("mask", [[1]] * n)
+    return Rollouts(**fields), dict(example.get("kwargs", {}))
+
+
+@app.command("list")
+def list_methods() -> None:
+    """List the registered advantage estimators and policy losses."""
+    from ..advantages import ESTIMATORS
+    from ..losses import LOSSES
+
+    console = Console()
+    t = Table(title=f"Advantage estimators ({len(ESTIMATORS)})", show_lines=False)
+    for col in ("name", "level", "paper", "batch fields needed"):
+        t.add_column(col)
+    for name, info in ESTIMATORS.items():
+        if not name.startswith("_"):
+            t.add_row(name, info.level, info.paper, ", ".join(info.needs))
+    console.print(t)
+    t = Table(title=f"Policy losses ({len(LOSSES)})")
+    for col in ("name", "level", "paper"):
+        t.add_column(col)
+    for name, info in LOSSES.items():
+        t.add_row(name, getattr(info, "level", ""), getattr(info, "paper", ""))
+    console.print(t)
+
+
+def _fmt(x) -> str:
+    if isinstance(x, torch.Tensor):
+        x = x.tolist()
+    if isinstance(x, float):
+        return f"{x:+.4f}"
+    if isinstance(x, list):
+        return "[" + ", ".join(_fmt(v) for v in x) + "]"
+    return str(x)
+
+
+@app.command()
+def explain(name: str = typer.Argument(..., help="an estimator or loss name, see `grouprl list`")) -> None:
+    """Show a method's equation and paper, its defaults, and its worked example computed live."""
+    from ..advantages import ESTIMATORS, compute_advantages
+    from ..core import suggest
+    from ..losses import LOSSES
+
+    console = Console()
+    if name in ESTIMATORS:
+        info = ESTIMATORS[name]
+        console.rule(f"[bold]{name}[/] — advantage estimator ({info.level})")
+        console.print(f"paper: {info.paper or '-'}\nneeds: {', '.join(info.needs)}\n")
+        console.print(info.doc + "\n")
+        console.print("defaults: " + (", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "none"))
+        if info.example:
+            batch, kwargs = _example_batch(info.example)
+            adv = compute_advantages(name, batch, **kwargs)
+            console.print("\n[bold]worked example[/] (computed now)")
+            for k, v in info.example.items():
+                console.print(f"  {k} = {v}")
+            per_row = adv.sum(1) / batch.mask.sum(1).clamp_min(1) if adv.shape[1] > 1 else adv[:, 0]
+            if adv.shape[1] == 1:
+                console.print(f"  advantage = {_fmt(per_row)}")
+            else:
+                console.print("  advantage (B, T) =")
+                for row in adv:
+                    console.print("    " + _fmt(row))
+        return
+    if name in LOSSES:
+        info = LOSSES[name]
+        console.rule(f"[bold]{name}[/] — policy loss")
+        console.print(f"paper: {getattr(info, 'paper', '') or '-'}\n")
+        console.print((getattr(info, "doc", "") or "") + "\n")
+        example = getattr(info, "example", None)
+        if example:
+            from ..losses import policy_loss
+
+            ex = {k: torch.tensor(v, dtype=torch.float64) for k, v in example.items() if k != "kwargs"}
+            ex["mask"] = ex["mask"].bool()
+            loss, metrics = policy_loss(name, **ex, **example.get("kwargs", {}))
+            console.print("[bold]worked example[/] (computed now)")
+            for k, v in example.items():
+                console.print(f"  {k} = {v}")
+            console.print(f"  loss = {loss.item():+.4f}")
+            for k, v in metrics.items():
+                console.print(f"  {k} = {_fmt(v.tolist() if v.dim() else v.item())}")
+        return
+    console.print(f"[red]unknown method {name!r}[/]: {suggest(name, list(ESTIMATORS) + list(LOSSES))}")
+    raise typer.Exit(2)
