@@ -1,0 +1,305 @@
+"""Dynamic sampling: over-sample, keep informative groups, refill until the batch is full.
+
+* ``dapo_dynamic`` — DAPO (arXiv 2503.14476, section "Dynamic Sampling"): generate rounds of
+  prompts, drop groups without reward spread (``0 < #correct < G``), keep generating until the
+  training batch holds ``prompts_per_step`` groups, truncate, and *discard* the surplus
+  (``leftover="drop"``). verl caps the rounds with ``max_num_gen_batches`` (here ``max_rounds``).
+  NGRPO's reference code (arXiv 2509.18851) instead drops only all-correct groups
+  (``filter="all_correct"``) and *carries the surplus over* to the next step (``leftover="carry"``).
+* ``recent_sample_recovery`` — Confucius3-Math RSR (arXiv 2506.18330, Algorithm 1): the surplus
+  ``B_c[N:]`` goes into a recovery buffer ``B_r`` that is moved to the front of the next step's
+  buffer, so recovered samples (one policy version stale, no importance correction) train first.
+
+Both count the batch in whole groups (proposed reading of confucius3.md: keep groups intact when
+splitting at N; NGRPO's code truncates by sample count and may split a group, which this library
+does not do). A prompt never appears twice in one training batch (a second group of the same prompt
+stays in the surplus), so the trainer can use the prompt index as the group id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._base import EpochOrder, Sampler, ceil_int, group_view, register
+from .filters import FILTERS, keep_groups
+
+__all__ = ["DynamicSampler", "RecentSampleRecovery", "NoInformativePrompts"]
+
+LEFTOVER = ("drop", "carry")
+ON_CAP = ("pad", "partial", "raise")
+
+
+class NoInformativePrompts(RuntimeError):
+    """Every prompt of the data set was rolled out since the last kept group: nothing left to learn."""
+
+
+def _rows(group_mask: Tensor, inv: Tensor) -> Tensor:
+    return torch.nonzero(group_mask[inv]).squeeze(1)
+
+
+def _first_per_prompt(prompt: Tensor) -> Tensor:
+    """Bool per group (in group order): the first group of its prompt."""
+    first = np.unique(prompt.numpy(), return_index=True)[1]
+    out = torch.zeros(prompt.numel(), dtype=torch.bool)
+    out[torch.from_numpy(first)] = True
+    return out
+
+
+@register("dapo_dynamic")
+class DynamicSampler(Sampler):
+    """DAPO dynamic sampling (and NGRPO's carry-over variant).
+
+    Each generation round takes ``ceil(oversample · prompts_per_step)`` prompts from a seeded epoch
+    order, rolls them out, and keeps the groups that pass ``filter``:
+
+    * ``"mixed"`` (DAPO): groups whose rewards spread, ``max − min > tol`` (float64);
+    * ``"all_correct"`` (NGRPO): every group except all-correct ones (``min >= r_max − tol``).
+
+    Rounds repeat until ``prompts_per_step`` groups of distinct prompts are kept (at least one
+    round per step), then the first ``prompts_per_step`` groups (carried ones first, then in
+    generation order) form the training batch. The surplus is dropped (``leftover="drop"``, DAPO)
+    or carried into the next step (``leftover="carry"``, NGRPO; at most ``max_carry_groups``,
+    default ``prompts_per_step``, the oldest first; carried groups are one policy version stale).
+
+    Termination: after ``max_rounds`` rounds (``None``: no cap) the step ends with what it has —
+    ``on_cap="pad"`` (default) fills the batch with filtered-out groups of this step (zero
+    advantage, kept so the batch keeps its size; counted in ``padded_groups``), ``"partial"``
+    returns the kept groups only, ``"raise"`` raises as verl does. Independently, when every prompt
+    of the data set has been rolled out since the last kept group (across steps), the data has no
+    informative prompt left and :class:`NoInformativePrompts` is raised, so the loop ends even
+    with ``max_rounds=None``.
+
+    Metrics: ``gen_rounds``, ``wasted_rollouts`` (rows generated or carried in that neither train
+    nor carry out), ``frac_zero_adv_groups`` (generated groups with spread <= tol),
+    ``kept_groups`` (groups in the batch), ``filtered_groups``, ``padded_groups``, ``cap_hit``,
+    ``carried_in_groups``, ``carry_groups`` (buffer size after the step).
+
+    ``state_dict()["carry"]`` holds the carried generation object itself (a tensor container):
+    checkpoint it with ``torch.save``, not JSON.
+    """
+
+    def __init__(
+        self,
+        num_prompts: int,
+        *,
+        seed: int = 0,
+        prompt_groups=None,
+        filter: str = "mixed",
+        leftover: str = "drop",
+        tol: float = 1e-6,
+        r_max: float = 1.0,
+        oversample: float = 1.0,
+        max_rounds: int | None = 16,
+        on_cap: str = "pad",
+        max_carry_groups: int | None = None,
+    ) -> None:
+        super().__init__(num_prompts, seed=seed, prompt_groups=prompt_groups)
+        if filter not in FILTERS:
+            raise ValueError(f"filter: unknown {filter!r}; choose one of {FILTERS}.")
+        if leftover not in LEFTOVER:
+            raise ValueError(f"leftover: unknown {leftover!r}; choose 'drop' (DAPO) or 'carry' (NGRPO / RSR).")
+        if on_cap not in ON_CAP:
+            raise ValueError(f"on_cap: unknown {on_cap!r}; choose one of {ON_CAP}.")
+        if not oversample >= 1.0:
+            raise ValueError(f"oversample: {oversample} < 1; a round must hold at least prompts_per_step prompts.")
+        if max_rounds is not None and max_rounds < 1:
+            raise ValueError(f"max_rounds: {max_rounds}; pass a positive int, or None for no cap.")
+        self.filter, self.leftover, self.on_cap = filter, leftover, on_cap
+        self.tol, self.r_max, self.oversample = float(tol), float(r_max), float(oversample)
+        self.max_rounds = max_rounds
+        self.max_carry_groups = max_carry_groups
+        self.order = EpochOrder(self.num_prompts, self.rng)
+        self.carry: Any = None  # generation object of carried groups
+        self.carry_chunk: Tensor | None = None  # (R,) round id per carried row (same prompt twice = two groups)
+        self.tried = np.zeros(self.num_prompts, dtype=bool)  # rolled out since the last kept group
+
+    # ------------------------------------------------------------------------------------------
+    def collect(self, step: int, prompts_per_step: int, generate: Callable[[list[int]], Any]):
+        b = self._check_budget(prompts_per_step)
+        round_size = min(self.num_prompts, ceil_int(self.oversample * b))
+        kept_parts: list[tuple[Any, Tensor]] = []
+        dropped_parts: list[tuple[Any, Tensor]] = []
+        carried_rows = 0
+        next_chunk = 0
+        if self.carry is not None:
+            kept_parts.append((self.carry, self.carry_chunk))
+            carried_rows = int(self.carry_chunk.numel())
+            next_chunk = int(self.carry_chunk.max()) + 1
+            carried_prompts = self.carry.prompt_index.numpy()
+        else:
+            carried_prompts = np.zeros(0, dtype=np.int64)
+        kept_prompts = np.unique(carried_prompts)
+        rounds = generated_groups = zero_groups = generated_rows = 0
+        cap_hit = False
+        while rounds == 0 or len(kept_prompts) < b:
+            if self.max_rounds is not None and rounds >= self.max_rounds:
+                cap_hit = True
+                break
+            idx = self.order.take(round_size)
+            gen = self._generate(generate, idx)
+            rounds += 1
+            view = group_view(gen.prompt_index, gen.rewards)
+            keep = keep_groups(gen.rewards, view.inv, self.filter, tol=self.tol, r_max=self.r_max, num_groups=view.num_groups)
+            generated_groups += view.num_groups
+            generated_rows += int(gen.prompt_index.numel())
+            zero_groups += int((view.spread <= self.tol).sum())
+            chunk_of = lambda rows: torch.full((rows.numel(),), next_chunk, dtype=torch.int64)  # noqa: E731
+            if bool(keep.any()):
+                rows = _rows(keep, view.inv)
+                kept_parts.append((gen.select(rows), chunk_of(rows)))
+                kept_prompts = np.union1d(kept_prompts, view.prompt[keep].numpy())
+                self.tried[:] = False
+            else:
+                self.tried[idx] = True
+            if bool((~keep).any()):
+                rows = _rows(~keep, view.inv)
+                dropped_parts.append((gen.select(rows), chunk_of(rows)))
+            next_chunk += 1
+            if len(kept_prompts) < b and bool(self.tried.all()):
+                raise NoInformativePrompts(
+                    f"{self.name}: every one of the {self.num_prompts} prompts was rolled out since the last group "
+                    f"that passed filter={self.filter!r} (step {step}, round {rounds}): the data set has no "
+                    "informative prompt left. Use a harder/easier data set, filter='all_correct', or the "
+                    "'uniform' sampler."
+                )
+
+        # -- assemble: kept groups (carried first, then generation order), distinct prompts --------
+        pool, pool_chunk = self._concat(kept_parts)
+        batch_parts: list[Any] = []
+        n_sel = 0
+        carried_in = 0
+        taken = np.zeros(0, dtype=np.int64)
+        carry_out, carry_chunk_out = None, None
+        if pool is not None:
+            view = group_view(pool.prompt_index, pool.rewards, pool_chunk, self.num_prompts)
+            first = _first_per_prompt(view.prompt)
+            cand = torch.nonzero(first).squeeze(1)[:b]
+            sel = torch.zeros(view.num_groups, dtype=torch.bool)
+            sel[cand] = True
+            n_sel = int(cand.numel())
+            batch_parts.append(pool.select(_rows(sel, view.inv)))
+            taken = view.prompt[sel].numpy()
+            if carried_rows:  # carried rows come first in the pool
+                carried_groups = torch.unique(view.inv[:carried_rows])
+                carried_in = int(sel[carried_groups].sum())
+            if self.leftover == "carry" and not bool(sel.all()):
+                limit = b if self.max_carry_groups is None else int(self.max_carry_groups)
+                rest = torch.nonzero(~sel).squeeze(1)[:limit]
+                if rest.numel():
+                    keep_rest = torch.zeros(view.num_groups, dtype=torch.bool)
+                    keep_rest[rest] = True
+                    rows = _rows(keep_rest, view.inv)
+                    carry_out = pool.select(rows)
+                    # compact round ids so they stay small across steps
+                    carry_chunk_out = torch.unique(pool_chunk[rows], return_inverse=True)[1]
+        n_pad = 0
+        if n_sel < b and cap_hit:
+            if self.on_cap == "raise":
+                raise RuntimeError(
+                    f"{self.name}: max_rounds={self.max_rounds} generation rounds kept only {n_sel} of {b} groups "
+                    f"at step {step}; raise max_rounds, lower prompts_per_step, or use on_cap='pad'/'partial'."
+                )
+            if self.on_cap == "pad":
+                dpool, dchunk = self._concat(dropped_parts)
+                if dpool is not None:
+                    dview = group_view(dpool.prompt_index, dpool.rewards, dchunk, self.num_prompts)
+                    ok = _first_per_prompt(dview.prompt) & ~torch.from_numpy(np.isin(dview.prompt.numpy(), taken))
+                    pad = torch.nonzero(ok).squeeze(1)[: b - n_sel]
+                    if pad.numel():
+                        psel = torch.zeros(dview.num_groups, dtype=torch.bool)
+                        psel[pad] = True
+                        batch_parts.append(dpool.select(_rows(psel, dview.inv)))
+                        n_pad = int(pad.numel())
+            if n_sel + n_pad == 0:
+                raise NoInformativePrompts(
+                    f"{self.name}: {rounds} generation rounds (max_rounds={self.max_rounds}) produced no group for "
+                    f"step {step}; raise max_rounds or use on_cap='pad'."
+                )
+        batch = batch_parts[0] if len(batch_parts) == 1 else type(batch_parts[0]).concat(batch_parts)
+        self.carry, self.carry_chunk = carry_out, carry_chunk_out
+        out_rows = int(batch.prompt_index.numel())
+        carry_rows = 0 if carry_out is None else int(carry_chunk_out.numel())
+        metrics = {
+            "gen_rounds": rounds,
+            "wasted_rollouts": generated_rows + carried_rows - out_rows - carry_rows,
+            "frac_zero_adv_groups": zero_groups / generated_groups if generated_groups else 0.0,
+            "kept_groups": n_sel + n_pad,
+            "filtered_groups": self._count_groups(dropped_parts),
+            "padded_groups": n_pad,
+            "cap_hit": int(cap_hit),
+            "carried_in_groups": carried_in,
+            "carry_groups": 0 if carry_out is None else self._count_groups([(carry_out, carry_chunk_out)]),
+        }
+        return batch, metrics
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _concat(parts: list[tuple[Any, Tensor]]):
+        if not parts:
+            return None, None
+        gens = [g for g, _ in parts]
+        gen = gens[0] if len(gens) == 1 else type(gens[0]).concat(gens)
+        return gen, torch.cat([c for _, c in parts])
+
+    def _count_groups(self, parts: list[tuple[Any, Tensor]]) -> int:
+        return sum(int(torch.unique(c * self.num_prompts + g.prompt_index).numel()) for g, c in parts)
+
+    def state_dict(self) -> dict:
+        d = super().state_dict()
+        d["order"] = self.order.state_dict()
+        d["tried"] = self.tried.astype(int).tolist()
+        d["carry"] = self.carry
+        d["carry_chunk"] = None if self.carry_chunk is None else self.carry_chunk.tolist()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self.order.load_state_dict(d["order"])
+        self.tried = np.asarray(d["tried"], dtype=bool)
+        self.carry = d["carry"]
+        self.carry_chunk = None if d["carry_chunk"] is None else torch.tensor(d["carry_chunk"], dtype=torch.int64)
+
+
+@register("recent_sample_recovery")
+class RecentSampleRecovery(DynamicSampler):
+    """Confucius3-Math Recent Sample Recovery (arXiv 2506.18330, Algorithm 1).
+
+    DAPO dynamic sampling (``0 < #correct < G``) whose surplus ``B_c[N:]`` is stored in a recovery
+    buffer ``B_r`` and moved to the *front* of the next step's buffer instead of being discarded.
+    Recovered groups are one policy version stale; the tech report applies no importance
+    correction, and this library's proposed reading is that the trainer recomputes their π_old
+    log-probs with the current policy (as verl recomputes old_log_prob every step).
+
+    Proposed readings: N is counted in whole groups (the report counts samples); the buffer keeps at
+    most ``max_carry_groups`` groups (default: ``prompts_per_step``; the report does not bound it).
+    Extra metric: ``recovered_groups`` (= ``carried_in_groups``).
+    """
+
+    def __init__(
+        self,
+        num_prompts: int,
+        *,
+        seed: int = 0,
+        prompt_groups=None,
+        filter: str = "mixed",
+        tol: float = 1e-6,
+        r_max: float = 1.0,
+        oversample: float = 1.0,
+        max_rounds: int | None = 16,
+        on_cap: str = "pad",
+        max_carry_groups: int | None = None,
+    ) -> None:
+        super().__init__(
+            num_prompts, seed=seed, prompt_groups=prompt_groups, filter=filter, leftover="carry", tol=tol,
+            r_max=r_max, oversample=oversample, max_rounds=max_rounds, on_cap=on_cap,
+            max_carry_groups=max_carry_groups,
+        )
+
+    def collect(self, step: int, prompts_per_step: int, generate: Callable[[list[int]], Any]):
+        batch, metrics = super().collect(step, prompts_per_step, generate)
+        metrics["recovered_groups"] = metrics["carried_in_groups"]
+        return batch, metrics
