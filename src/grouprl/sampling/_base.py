@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import Registry, suggest
+from ..core import Registry, group_stats, suggest
 
 __all__ = [
     "Sampler",
@@ -225,8 +225,6 @@ class GroupView:
 def group_view(prompt_index: Tensor, rewards: Tensor, chunk: Tensor | None = None, num_prompts: int = 0) -> GroupView:
     """Group rows by prompt index (and by ``chunk`` when given: the same prompt in two generation
     rounds is two groups). Groups are numbered in order of their first row."""
-    from ..core import group_stats
-
     key = prompt_index if chunk is None else chunk * max(num_prompts, 1) + prompt_index
     _, inv = torch.unique(key, sorted=True, return_inverse=True)
     g = int(inv.max()) + 1 if inv.numel() else 0
