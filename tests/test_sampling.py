@@ -49,8 +49,16 @@ def test_registry_and_errors():
         get_sampler("vad", 4)
     with pytest.raises(ValueError, match="max_round"):
         get_sampler("dapo_dynamic", 4, max_round=3)
-    with pytest.raises(ValueError, match="prompts_per_step=5 exceeds num_prompts=4"):
-        get_sampler("uniform", 4).collect(0, 5, FakeEnv([0.5] * 4))
+    with pytest.raises(ValueError, match="prompts_per_step: expected a positive int"):
+        get_sampler("uniform", 4).collect(0, 0, FakeEnv([0.5] * 4))
+
+
+@pytest.mark.parametrize("name", ["uniform", "vade", "dapo_dynamic", "equitable"])
+def test_pool_smaller_than_budget_takes_all(name):
+    env = FakeEnv([0.5] * 4, group_size=16)
+    s = get_sampler(name, 4, prompt_groups=["a", "b", "a", "b"] if name == "equitable" else None)
+    gen, m = s.collect(0, 6, env)
+    assert sorted(torch.unique(gen.prompt_index).tolist()) == [0, 1, 2, 3] and m["kept_groups"] == 4
     with pytest.raises(ValueError, match="prompt_groups is required"):
         get_sampler("equitable", 4)
 
@@ -152,10 +160,21 @@ def test_ngrpo_filter_keeps_all_wrong_groups():
 
 def test_dapo_raises_when_no_informative_prompts_left():
     env = FakeEnv([0.0] * 5 + [1.0] * 5, group_size=4)
-    s = get_sampler("dapo_dynamic", 10, seed=0, max_rounds=None)
+    s = get_sampler("dapo_dynamic", 10, seed=0, max_rounds=1000, max_passes=None)
     with pytest.raises(NoInformativePrompts, match="no informative prompt left"):
         s.collect(0, 2, env)
     assert len(env.calls) <= 10 // 2 + 1  # one pass over the data, not an endless loop
+
+
+def test_dapo_ends_step_when_too_few_informative_prompts_exist():
+    # prompts 0 and 1 are never informative, so a batch of 4 can never fill: no endless loop
+    env = FakeEnv([0.0, 1.0, 0.5, 0.5], group_size=32)
+    s = get_sampler("dapo_dynamic", 4, seed=0, max_rounds=None)
+    gen, m = s.collect(0, 4, env)
+    assert m["cap_hit"] == 1 and m["gen_rounds"] == 2  # two passes over the data
+    assert m["padded_groups"] == 2 and sorted(_groups(gen)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="both None"):
+        get_sampler("dapo_dynamic", 4, max_rounds=None, max_passes=None)
 
 
 def test_dapo_cap_pad_partial_raise():
@@ -181,7 +200,7 @@ def test_dapo_cap_pad_partial_raise():
             gen, m = s.collect(0, 4, env)
             assert _groups(gen) == [15] and m["padded_groups"] == 0 and m["kept_groups"] == 1
         else:
-            with pytest.raises(NoInformativePrompts, match="produced no group"):
+            with pytest.raises(NoInformativePrompts, match="kept no group"):
                 s.collect(0, 4, env)
 
 

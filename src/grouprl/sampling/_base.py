@@ -123,14 +123,11 @@ class Sampler:
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_budget(self, prompts_per_step: int) -> int:
-        if not isinstance(prompts_per_step, (int, np.integer)) or prompts_per_step < 1:
+        """The step's group budget: ``prompts_per_step``, or the whole pool when it is smaller
+        (a batch never holds two groups of one prompt; VADE's spec: "pool smaller than B: take all")."""
+        if isinstance(prompts_per_step, bool) or not isinstance(prompts_per_step, (int, np.integer)) or prompts_per_step < 1:
             raise ValueError(f"prompts_per_step: expected a positive int, got {prompts_per_step!r}.")
-        if prompts_per_step > self.num_prompts:
-            raise ValueError(
-                f"prompts_per_step={prompts_per_step} exceeds num_prompts={self.num_prompts}: a step cannot hold "
-                "two groups of the same prompt; lower prompts_per_step or raise the group size instead."
-            )
-        return int(prompts_per_step)
+        return min(int(prompts_per_step), self.num_prompts)
 
     def _generate(self, generate: Callable[[list[int]], Any], idx: np.ndarray):
         gen = generate([int(i) for i in idx])

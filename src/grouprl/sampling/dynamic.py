@@ -65,7 +65,10 @@ class DynamicSampler(Sampler):
     or carried into the next step (``leftover="carry"``, NGRPO; at most ``max_carry_groups``,
     default ``prompts_per_step``, the oldest first; carried groups are one policy version stale).
 
-    Termination: after ``max_rounds`` rounds (``None``: no cap) the step ends with what it has —
+    Termination: after ``max_rounds`` rounds (``None``: no cap), or once the step has drawn
+    ``max_passes · num_prompts`` prompts (default 2 passes over the data; this bound also ends steps
+    that cannot fill because fewer informative prompts exist than the batch needs), the step ends
+    with what it has —
     ``on_cap="pad"`` (default) fills the batch with filtered-out groups of this step (zero
     advantage, kept so the batch keeps its size; counted in ``padded_groups``), ``"partial"``
     returns the kept groups only, ``"raise"`` raises as verl does. Independently, when every prompt
@@ -94,10 +97,15 @@ class DynamicSampler(Sampler):
         r_max: float = 1.0,
         oversample: float = 1.0,
         max_rounds: int | None = 16,
+        max_passes: float | None = 2.0,
         on_cap: str = "pad",
         max_carry_groups: int | None = None,
     ) -> None:
         super().__init__(num_prompts, seed=seed, prompt_groups=prompt_groups)
+        if max_rounds is None and max_passes is None:
+            raise ValueError("max_rounds and max_passes are both None: one of them must bound a step's rounds.")
+        if max_passes is not None and not max_passes > 0:
+            raise ValueError(f"max_passes: {max_passes}; pass a positive number of passes over the data, or None.")
         if filter not in FILTERS:
             raise ValueError(f"filter: unknown {filter!r}; choose one of {FILTERS}.")
         if leftover not in LEFTOVER:
@@ -110,7 +118,7 @@ class DynamicSampler(Sampler):
             raise ValueError(f"max_rounds: {max_rounds}; pass a positive int, or None for no cap.")
         self.filter, self.leftover, self.on_cap = filter, leftover, on_cap
         self.tol, self.r_max, self.oversample = float(tol), float(r_max), float(oversample)
-        self.max_rounds = max_rounds
+        self.max_rounds, self.max_passes = max_rounds, max_passes
         self.max_carry_groups = max_carry_groups
         self.order = EpochOrder(self.num_prompts, self.rng)
         self.carry: Any = None  # generation object of carried groups
@@ -138,6 +146,9 @@ class DynamicSampler(Sampler):
         while rounds == 0 or len(kept_prompts) < b:
             if self.max_rounds is not None and rounds >= self.max_rounds:
                 cap_hit = True
+                break
+            if self.max_passes is not None and rounds and rounds * round_size >= self.max_passes * self.num_prompts:
+                cap_hit = True  # e.g. fewer informative prompts exist than the batch needs
                 break
             idx = self.order.take(round_size)
             gen = self._generate(generate, idx)
@@ -216,8 +227,8 @@ class DynamicSampler(Sampler):
                         n_pad = int(pad.numel())
             if n_sel + n_pad == 0:
                 raise NoInformativePrompts(
-                    f"{self.name}: {rounds} generation rounds (max_rounds={self.max_rounds}) produced no group for "
-                    f"step {step}; raise max_rounds or use on_cap='pad'."
+                    f"{self.name}: {rounds} generation rounds (max_rounds={self.max_rounds}, max_passes="
+                    f"{self.max_passes}) kept no group for step {step}; raise max_rounds or use on_cap='pad'."
                 )
         batch = batch_parts[0] if len(batch_parts) == 1 else type(batch_parts[0]).concat(batch_parts)
         self.carry, self.carry_chunk = carry_out, carry_chunk_out
@@ -290,12 +301,13 @@ class RecentSampleRecovery(DynamicSampler):
         r_max: float = 1.0,
         oversample: float = 1.0,
         max_rounds: int | None = 16,
+        max_passes: float | None = 2.0,
         on_cap: str = "pad",
         max_carry_groups: int | None = None,
     ) -> None:
         super().__init__(
             num_prompts, seed=seed, prompt_groups=prompt_groups, filter=filter, leftover="carry", tol=tol,
-            r_max=r_max, oversample=oversample, max_rounds=max_rounds, on_cap=on_cap,
+            r_max=r_max, oversample=oversample, max_rounds=max_rounds, max_passes=max_passes, on_cap=on_cap,
             max_carry_groups=max_carry_groups,
         )
 
