@@ -275,3 +275,14 @@ def test_state_round_trip_continues_identically(key):
 def test_state_dict_rejects_other_sampler():
     with pytest.raises(ValueError, match="saved by sampler 'uniform'"):
         get_sampler("vade", 16).load_state_dict(get_sampler("uniform", 16).state_dict())
+
+
+def test_carry_buffer_is_bounded():
+    env = FakeEnv([0.5] * 32, group_size=16)
+    s = get_sampler("dapo_dynamic", 32, seed=0, leftover="carry", oversample=4.0, max_carry_groups=3)
+    for t in range(3):
+        _, m = s.collect(t, 4, env)
+        assert m["carry_groups"] <= 3 and _rows(s.carry) == 16 * m["carry_groups"]
+    unbounded = get_sampler("dapo_dynamic", 32, seed=0, leftover="carry", oversample=4.0)
+    _, m = unbounded.collect(0, 4, FakeEnv([0.5] * 32, group_size=16))
+    assert m["carry_groups"] == 4  # default bound: prompts_per_step

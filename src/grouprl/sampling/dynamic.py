@@ -128,124 +128,127 @@ class DynamicSampler(Sampler):
     # ------------------------------------------------------------------------------------------
     def collect(self, step: int, prompts_per_step: int, generate: Callable[[list[int]], Any]):
         b = self._check_budget(prompts_per_step)
+        carried_rows = 0 if self.carry is None else int(self.carry_chunk.numel())
+        kept, dropped, st = self._rounds(step, b, generate)
+        parts, n_sel, carried_in, taken = self._select(kept, b, carried_rows)
+        n_pad = 0
+        if n_sel < b and st["cap_hit"]:
+            if self.on_cap == "raise":
+                raise RuntimeError(
+                    f"{self.name}: the round cap (max_rounds={self.max_rounds}, max_passes={self.max_passes}) kept "
+                    f"only {n_sel} of {b} groups at step {step}; raise the caps, lower prompts_per_step, or use "
+                    "on_cap='pad'/'partial'."
+                )
+            if self.on_cap == "pad":
+                pad, n_pad = self._pad(dropped, b - n_sel, taken)
+                parts += pad
+            if n_sel + n_pad == 0:
+                raise NoInformativePrompts(
+                    f"{self.name}: {st['rounds']} generation rounds (max_rounds={self.max_rounds}, max_passes="
+                    f"{self.max_passes}) kept no group for step {step}; raise max_rounds or use on_cap='pad'."
+                )
+        batch = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+        out_rows = int(batch.prompt_index.numel())
+        carry_rows = 0 if self.carry is None else int(self.carry_chunk.numel())
+        metrics = {
+            "gen_rounds": st["rounds"],
+            "wasted_rollouts": st["rows"] + carried_rows - out_rows - carry_rows,
+            "frac_zero_adv_groups": st["zero"] / st["groups"] if st["groups"] else 0.0,
+            "kept_groups": n_sel + n_pad,
+            "filtered_groups": self._count_groups(dropped),
+            "padded_groups": n_pad,
+            "cap_hit": int(st["cap_hit"]),
+            "carried_in_groups": carried_in,
+            "carry_groups": 0 if self.carry is None else self._count_groups([(self.carry, self.carry_chunk)]),
+        }
+        return batch, metrics
+
+    def _rounds(self, step: int, b: int, generate: Callable[[list[int]], Any]):
+        """Generate rounds until ``b`` distinct prompts have kept groups (carry included) or a cap.
+
+        Returns the kept and the filtered-out parts, each a list of (generation, round id per row),
+        and the step's counts."""
         round_size = min(self.num_prompts, ceil_int(self.oversample * b))
-        kept_parts: list[tuple[Any, Tensor]] = []
-        dropped_parts: list[tuple[Any, Tensor]] = []
-        carried_rows = 0
+        kept: list[tuple[Any, Tensor]] = []
+        dropped: list[tuple[Any, Tensor]] = []
         next_chunk = 0
+        kept_prompts = np.zeros(0, dtype=np.int64)
         if self.carry is not None:
-            kept_parts.append((self.carry, self.carry_chunk))
-            carried_rows = int(self.carry_chunk.numel())
+            kept.append((self.carry, self.carry_chunk))
             next_chunk = int(self.carry_chunk.max()) + 1
-            carried_prompts = self.carry.prompt_index.numpy()
-        else:
-            carried_prompts = np.zeros(0, dtype=np.int64)
-        kept_prompts = np.unique(carried_prompts)
-        rounds = generated_groups = zero_groups = generated_rows = 0
-        cap_hit = False
-        while rounds == 0 or len(kept_prompts) < b:
-            if self.max_rounds is not None and rounds >= self.max_rounds:
-                cap_hit = True
-                break
-            if self.max_passes is not None and rounds and rounds * round_size >= self.max_passes * self.num_prompts:
-                cap_hit = True  # e.g. fewer informative prompts exist than the batch needs
+            kept_prompts = np.unique(self.carry.prompt_index.numpy())
+        st = {"rounds": 0, "groups": 0, "zero": 0, "rows": 0, "cap_hit": False}
+        while st["rounds"] == 0 or len(kept_prompts) < b:
+            drawn = st["rounds"] * round_size
+            if (self.max_rounds is not None and st["rounds"] >= self.max_rounds) or (
+                self.max_passes is not None and drawn and drawn >= self.max_passes * self.num_prompts
+            ):
+                st["cap_hit"] = True  # the pass bound also ends steps that can never fill
                 break
             idx = self.order.take(round_size)
             gen = self._generate(generate, idx)
-            rounds += 1
+            st["rounds"] += 1
             view = group_view(gen.prompt_index, gen.rewards)
             keep = keep_groups(gen.rewards, view.inv, self.filter, tol=self.tol, r_max=self.r_max, num_groups=view.num_groups)
-            generated_groups += view.num_groups
-            generated_rows += int(gen.prompt_index.numel())
-            zero_groups += int((view.spread <= self.tol).sum())
-            chunk_of = lambda rows: torch.full((rows.numel(),), next_chunk, dtype=torch.int64)  # noqa: E731
+            st["groups"] += view.num_groups
+            st["rows"] += int(gen.prompt_index.numel())
+            st["zero"] += int((view.spread <= self.tol).sum())
+            for mask, parts in ((keep, kept), (~keep, dropped)):
+                if bool(mask.any()):
+                    rows = _rows(mask, view.inv)
+                    parts.append((gen.select(rows), torch.full((rows.numel(),), next_chunk, dtype=torch.int64)))
+            next_chunk += 1
             if bool(keep.any()):
-                rows = _rows(keep, view.inv)
-                kept_parts.append((gen.select(rows), chunk_of(rows)))
                 kept_prompts = np.union1d(kept_prompts, view.prompt[keep].numpy())
                 self.tried[:] = False
             else:
                 self.tried[idx] = True
-            if bool((~keep).any()):
-                rows = _rows(~keep, view.inv)
-                dropped_parts.append((gen.select(rows), chunk_of(rows)))
-            next_chunk += 1
             if len(kept_prompts) < b and bool(self.tried.all()):
                 raise NoInformativePrompts(
                     f"{self.name}: every one of the {self.num_prompts} prompts was rolled out since the last group "
-                    f"that passed filter={self.filter!r} (step {step}, round {rounds}): the data set has no "
+                    f"that passed filter={self.filter!r} (step {step}, round {st['rounds']}): the data set has no "
                     "informative prompt left. Use a harder/easier data set, filter='all_correct', or the "
                     "'uniform' sampler."
                 )
+        return kept, dropped, st
 
-        # -- assemble: kept groups (carried first, then generation order), distinct prompts --------
-        pool, pool_chunk = self._concat(kept_parts)
-        batch_parts: list[Any] = []
-        n_sel = 0
-        carried_in = 0
-        taken = np.zeros(0, dtype=np.int64)
-        carry_out, carry_chunk_out = None, None
-        if pool is not None:
-            view = group_view(pool.prompt_index, pool.rewards, pool_chunk, self.num_prompts)
-            first = _first_per_prompt(view.prompt)
-            cand = torch.nonzero(first).squeeze(1)[:b]
-            sel = torch.zeros(view.num_groups, dtype=torch.bool)
-            sel[cand] = True
-            n_sel = int(cand.numel())
-            batch_parts.append(pool.select(_rows(sel, view.inv)))
-            taken = view.prompt[sel].numpy()
-            if carried_rows:  # carried rows come first in the pool
-                carried_groups = torch.unique(view.inv[:carried_rows])
-                carried_in = int(sel[carried_groups].sum())
-            if self.leftover == "carry" and not bool(sel.all()):
-                limit = b if self.max_carry_groups is None else int(self.max_carry_groups)
-                rest = torch.nonzero(~sel).squeeze(1)[:limit]
-                if rest.numel():
-                    keep_rest = torch.zeros(view.num_groups, dtype=torch.bool)
-                    keep_rest[rest] = True
-                    rows = _rows(keep_rest, view.inv)
-                    carry_out = pool.select(rows)
-                    # compact round ids so they stay small across steps
-                    carry_chunk_out = torch.unique(pool_chunk[rows], return_inverse=True)[1]
-        n_pad = 0
-        if n_sel < b and cap_hit:
-            if self.on_cap == "raise":
-                raise RuntimeError(
-                    f"{self.name}: max_rounds={self.max_rounds} generation rounds kept only {n_sel} of {b} groups "
-                    f"at step {step}; raise max_rounds, lower prompts_per_step, or use on_cap='pad'/'partial'."
-                )
-            if self.on_cap == "pad":
-                dpool, dchunk = self._concat(dropped_parts)
-                if dpool is not None:
-                    dview = group_view(dpool.prompt_index, dpool.rewards, dchunk, self.num_prompts)
-                    ok = _first_per_prompt(dview.prompt) & ~torch.from_numpy(np.isin(dview.prompt.numpy(), taken))
-                    pad = torch.nonzero(ok).squeeze(1)[: b - n_sel]
-                    if pad.numel():
-                        psel = torch.zeros(dview.num_groups, dtype=torch.bool)
-                        psel[pad] = True
-                        batch_parts.append(dpool.select(_rows(psel, dview.inv)))
-                        n_pad = int(pad.numel())
-            if n_sel + n_pad == 0:
-                raise NoInformativePrompts(
-                    f"{self.name}: {rounds} generation rounds (max_rounds={self.max_rounds}, max_passes="
-                    f"{self.max_passes}) kept no group for step {step}; raise max_rounds or use on_cap='pad'."
-                )
-        batch = batch_parts[0] if len(batch_parts) == 1 else type(batch_parts[0]).concat(batch_parts)
-        self.carry, self.carry_chunk = carry_out, carry_chunk_out
-        out_rows = int(batch.prompt_index.numel())
-        carry_rows = 0 if carry_out is None else int(carry_chunk_out.numel())
-        metrics = {
-            "gen_rounds": rounds,
-            "wasted_rollouts": generated_rows + carried_rows - out_rows - carry_rows,
-            "frac_zero_adv_groups": zero_groups / generated_groups if generated_groups else 0.0,
-            "kept_groups": n_sel + n_pad,
-            "filtered_groups": self._count_groups(dropped_parts),
-            "padded_groups": n_pad,
-            "cap_hit": int(cap_hit),
-            "carried_in_groups": carried_in,
-            "carry_groups": 0 if carry_out is None else self._count_groups([(carry_out, carry_chunk_out)]),
-        }
-        return batch, metrics
+    def _select(self, kept: list[tuple[Any, Tensor]], b: int, carried_rows: int):
+        """First ``b`` kept groups of distinct prompts (carried first, then generation order); the
+        surplus becomes the new carry (``leftover="carry"``). Returns (batch parts, groups taken,
+        carried groups taken, prompts taken)."""
+        self.carry, self.carry_chunk = None, None
+        pool, pool_chunk = self._concat(kept)
+        if pool is None:
+            return [], 0, 0, np.zeros(0, dtype=np.int64)
+        view = group_view(pool.prompt_index, pool.rewards, pool_chunk, self.num_prompts)
+        cand = torch.nonzero(_first_per_prompt(view.prompt)).squeeze(1)[:b]
+        sel = torch.zeros(view.num_groups, dtype=torch.bool)
+        sel[cand] = True
+        carried_in = int(sel[torch.unique(view.inv[:carried_rows])].sum()) if carried_rows else 0
+        if self.leftover == "carry":
+            limit = b if self.max_carry_groups is None else int(self.max_carry_groups)
+            rest = torch.nonzero(~sel).squeeze(1)[:limit]  # oldest surplus first
+            if rest.numel():
+                keep_rest = torch.zeros(view.num_groups, dtype=torch.bool)
+                keep_rest[rest] = True
+                rows = _rows(keep_rest, view.inv)
+                self.carry = pool.select(rows)
+                self.carry_chunk = torch.unique(pool_chunk[rows], return_inverse=True)[1]  # compact round ids
+        return [pool.select(_rows(sel, view.inv))], int(cand.numel()), carried_in, view.prompt[sel].numpy()
+
+    def _pad(self, dropped: list[tuple[Any, Tensor]], need: int, taken: np.ndarray):
+        """Up to ``need`` filtered-out groups of prompts not in the batch yet (generation order)."""
+        dpool, dchunk = self._concat(dropped)
+        if dpool is None:
+            return [], 0
+        view = group_view(dpool.prompt_index, dpool.rewards, dchunk, self.num_prompts)
+        ok = _first_per_prompt(view.prompt) & ~torch.from_numpy(np.isin(view.prompt.numpy(), taken))
+        pad = torch.nonzero(ok).squeeze(1)[:need]
+        if not pad.numel():
+            return [], 0
+        sel = torch.zeros(view.num_groups, dtype=torch.bool)
+        sel[pad] = True
+        return [dpool.select(_rows(sel, view.inv))], int(pad.numel())
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
