@@ -286,3 +286,19 @@ def test_carry_buffer_is_bounded():
     unbounded = get_sampler("dapo_dynamic", 32, seed=0, leftover="carry", oversample=4.0)
     _, m = unbounded.collect(0, 4, FakeEnv([0.5] * 32, group_size=16))
     assert m["carry_groups"] == 4  # default bound: prompts_per_step
+
+
+def test_filter_reads_a_named_metric():
+    env = FakeEnv([0.5] * 8, group_size=16)
+
+    def generate(idx):  # shaped rewards always spread; the accuracy field decides
+        g = env(idx)
+        g.acc = (g.prompt_index % 2).to(torch.float32)  # odd prompts all right, even all wrong
+        g.rewards = g.rewards + 0.01 * torch.arange(g.rewards.numel())
+        return g
+
+    s = get_sampler("dapo_dynamic", 8, seed=0, metric="acc", filter="all_correct", max_rounds=2, on_cap="partial")
+    gen, m = s.collect(0, 4, generate)
+    assert all(p % 2 == 0 for p in _groups(gen)) and m["kept_groups"] == 4
+    with pytest.raises(ValueError, match="metric='nope' needs gen.nope"):
+        get_sampler("dapo_dynamic", 8, metric="nope").collect(0, 2, generate)

@@ -81,6 +81,10 @@ class DynamicSampler(Sampler):
     ``kept_groups`` (groups in the batch), ``filtered_groups``, ``padded_groups``, ``cap_hit``,
     ``carried_in_groups``, ``carry_groups`` (buffer size after the step).
 
+    ``metric`` names the per-row field the filter reads (default ``"rewards"``; e.g. an accuracy
+    field when the reward also holds shaping terms, as verl's ``filter_groups.metric = "acc"``).
+    ``frac_zero_adv_groups`` always measures the spread of the rewards.
+
     ``state_dict()["carry"]`` holds the carried generation object itself (a tensor container):
     checkpoint it with ``torch.save``, not JSON.
     """
@@ -100,8 +104,10 @@ class DynamicSampler(Sampler):
         max_passes: float | None = 2.0,
         on_cap: str = "pad",
         max_carry_groups: int | None = None,
+        metric: str = "rewards",
     ) -> None:
         super().__init__(num_prompts, seed=seed, prompt_groups=prompt_groups)
+        self.metric = metric
         if max_rounds is None and max_passes is None:
             raise ValueError("max_rounds and max_passes are both None: one of them must bound a step's rounds.")
         if max_passes is not None and not max_passes > 0:
@@ -189,7 +195,7 @@ class DynamicSampler(Sampler):
             gen = self._generate(generate, idx)
             st["rounds"] += 1
             view = group_view(gen.prompt_index, gen.rewards)
-            keep = keep_groups(gen.rewards, view.inv, self.filter, tol=self.tol, r_max=self.r_max, num_groups=view.num_groups)
+            keep = keep_groups(self._metric(gen), view.inv, self.filter, tol=self.tol, r_max=self.r_max, num_groups=view.num_groups)
             st["groups"] += view.num_groups
             st["rows"] += int(gen.prompt_index.numel())
             st["zero"] += int((view.spread <= self.tol).sum())
@@ -211,6 +217,18 @@ class DynamicSampler(Sampler):
                     "'uniform' sampler."
                 )
         return kept, dropped, st
+
+    def _metric(self, gen) -> Tensor:
+        """The per-row value the filter tests: ``gen.<metric>`` (verl's ``filter_groups.metric``)."""
+        if self.metric == "rewards":
+            return gen.rewards
+        value = getattr(gen, self.metric, None)
+        if not isinstance(value, Tensor) or value.shape != gen.rewards.shape:
+            raise ValueError(
+                f"{self.name}: metric={self.metric!r} needs gen.{self.metric} as a tensor of shape "
+                f"{tuple(gen.rewards.shape)} (one value per row); the generation has {type(value).__name__}."
+            )
+        return value
 
     def _select(self, kept: list[tuple[Any, Tensor]], b: int, carried_rows: int):
         """First ``b`` kept groups of distinct prompts (carried first, then generation order); the
@@ -307,11 +325,12 @@ class RecentSampleRecovery(DynamicSampler):
         max_passes: float | None = 2.0,
         on_cap: str = "pad",
         max_carry_groups: int | None = None,
+        metric: str = "rewards",
     ) -> None:
         super().__init__(
             num_prompts, seed=seed, prompt_groups=prompt_groups, filter=filter, leftover="carry", tol=tol,
             r_max=r_max, oversample=oversample, max_rounds=max_rounds, max_passes=max_passes, on_cap=on_cap,
-            max_carry_groups=max_carry_groups,
+            max_carry_groups=max_carry_groups, metric=metric,
         )
 
     def collect(self, step: int, prompts_per_step: int, generate: Callable[[list[int]], Any]):
