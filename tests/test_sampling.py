@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _fake_gen import FakeEnv, FakeGen
+from test_sampling_fakes import FakeEnv, FakeGen
 
 from grouprl.sampling import (
     SAMPLERS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _fake_gen import FakeEnv
+from test_sampling_fakes import FakeEnv
 
 from grouprl.sampling import (
     beta_update,

@@ -1,4 +1,4 @@
-"""A tiny stand-in for the trainer's generation: G Bernoulli rewards per prompt, fixed success probabilities."""
+"""Test helper (no tests here): a tiny stand-in for the trainer's generation, G Bernoulli rewards per prompt."""
 
 from __future__ import annotations
 
