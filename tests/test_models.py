@@ -76,6 +76,8 @@ def test_bpe_tokenizer_is_deterministic_and_round_trips():
 
 # Measured parameter counts with the char tokenizer (100 tokens), tied embeddings counted once.
 EXPECTED = {
+    ("tiny", "qwen2"): 21_920,
+    ("tiny", "llama"): 21_792,
     ("1M", "qwen2"): 998_016,
     ("1M", "llama"): 996_992,
     ("5M", "qwen2"): 5_045_504,
@@ -89,12 +91,19 @@ def test_presets_build_with_expected_sizes(tok, preset, arch):
     model = build_model(preset, tok, arch=arch)
     n = count_parameters(model)
     assert n == EXPECTED[preset, arch]
-    nominal = float(preset[:-1]) * 1e6
+    nominal = 2e4 if preset == "tiny" else float(preset[:-1]) * 1e6
     assert 0.8 * nominal < n < 1.2 * nominal
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert model.config.vocab_size == len(tok) and model.config.pad_token_id == tok.pad_token_id
     assert model.config.eos_token_id == tok.eos_token_id == model.generation_config.eos_token_id
     assert model.config.model_type == arch and model.dtype == torch.float32
+
+
+def test_save_load_is_quiet(tok, tiny, tmp_path, capsys):
+    save_pretrained(tiny, tok, tmp_path / "q")
+    load_pretrained(tmp_path / "q")
+    out = capsys.readouterr()
+    assert "Loading weights" not in out.err + out.out and "Writing" not in out.err + out.out
 
 
 def test_100m_preset_config_only(tok):

@@ -8,13 +8,16 @@ files) without touching the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from transformers.utils import logging as hf_logging
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -34,6 +37,18 @@ _WEIGHTS = (
 _TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence transformers' per-file progress bars (a training log is no place for them)."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike) -> Path:
     """Write ``model`` (safetensors) and ``tokenizer`` to the directory ``path``, atomically.
 
@@ -47,9 +62,10 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase |
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        with _no_progress_bars():
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -103,6 +119,8 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     of the Hub model: a grouprl char or BPE tokenizer would come back wrong. A directory whose
     tokenizer_config.json names a generic class (or none) and that holds a tokenizer.json is
     therefore loaded with PreTrainedTokenizerFast; anything else goes through AutoTokenizer.
+    (Outside grouprl, load a qwen2-architecture grouprl checkpoint's tokenizer the same way:
+    ``PreTrainedTokenizerFast.from_pretrained(path)``; llama-architecture ones load with either.)
     """
     cls_name = None
     cfg = path / "tokenizer_config.json"
@@ -123,6 +141,8 @@ def load_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` from a local checkpoint directory, offline.
 
+    Any local Hugging Face causal-LM checkpoint works (config.json, safetensors or bin weights,
+    tokenizer files); a directory that lacks one of them raises FileNotFoundError naming it.
     ``dtype=None`` keeps the dtype stored in the config. ``padding_side`` overrides the saved
     tokenizer's (left padding suits batched generation; ``None`` keeps it). A tokenizer without a
     pad token gets its eos token as pad.
@@ -138,7 +158,8 @@ def load_pretrained(
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _no_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if device is not None:
         model.to(device)
     model.eval()

@@ -13,8 +13,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 __all__ = ["PRESETS", "ARCHS", "model_config", "build_model", "count_parameters"]
 
 #: Named sizes -> decoder config kwargs. The name is the rough parameter count with the char
-#: tokenizer (100 tokens); the measured counts are in tests/test_models.py.
+#: tokenizer (100 tokens); the measured counts are in tests/test_models.py (qwen2 / llama):
+#: tiny 21,920 / 21,792; 1M 998,016 / 996,992; 5M 5,045,504 / 5,042,432;
+#: 20M 20,699,520 / 20,691,840; 100M 96,842,496 / 96,827,136.
 PRESETS: dict[str, dict] = {
+    # For tests and smoke runs: seconds to build and to train a step.
+    "tiny": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, max_position_embeddings=256,
+    ),
     "1M": dict(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=512, max_position_embeddings=256,
