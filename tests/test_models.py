@@ -131,6 +131,9 @@ def test_build_model_is_seeded_and_leaves_global_rng(tok):
     with pytest.raises(KeyError, match="did you mean '5M'"):
         build_model("5m", tok)
     assert build_model("1M", tok, num_hidden_layers=1).config.num_hidden_layers == 1
+    assert build_model("tiny", tok, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="arch"):
+        build_model("tiny", tok, arch="gpt2")
 
 
 def test_left_padding_gives_the_same_logits_as_no_padding(tok, tiny):

@@ -126,3 +126,23 @@ def test_for_task_and_bad_input():
         RewardGuard(user_fn, timeout_s=0)
     with pytest.raises(TypeError, match="callable"):
         RewardGuard(3)
+
+
+def test_torch_inside_a_forked_worker_does_not_deadlock():
+    # After the parent has used a multi-threaded OpenMP pool, a forked child that runs a torch op
+    # with the inherited thread count hangs; the worker runs torch single-threaded instead.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = torch.randn(256, 256)
+        (a @ a).sum()
+
+        def fn(example, completion):
+            x = torch.randn(128, 128)
+            return float((x @ x).mean() * 0 + 1)
+
+        with RewardGuard(fn, timeout_s=2.0) as g:
+            rewards, failed = g.score_batch(EX[:2], ["a", "b"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rewards.tolist() == [1.0, 1.0] and not failed.any()

@@ -193,6 +193,12 @@ def test_reasoning_gym_real_if_installed():
     assert len(t.eval_examples) == 5 and 0 < len(t.train_pool) <= 20
     e = t.eval_examples[0]
     assert t.score(e, e.answer) == 1.0 and t.score(e, "no idea") == 0.0
+    from grouprl.tasks import RewardGuard
+
+    with RewardGuard.for_task(t, timeout_s=5.0) as guard:  # untrusted: scored in the worker
+        assert not guard.trusted
+        rewards, failed = guard.score_batch([e, e, t.train_pool[0]], [e.answer, "7", t.train_pool[0].answer])
+    assert rewards.tolist() == [1.0, 0.0, 1.0] and not failed.any()
 
 
 def test_custom_task_subclass():

@@ -2,12 +2,17 @@
 
 A reward function that raises, returns NaN/inf or something that is not a number, or runs past
 its time limit yields ``failure_reward`` for that completion; the failure is counted by kind in
-``guard.failures`` (``error``, ``nan``, ``timeout``) and the first few are logged.
+``guard.failures`` and the first few are logged (logger ``grouprl.tasks.guard``). Kinds:
+``error`` (raised, returned a non-number such as None or a string, or killed its worker),
+``nan`` (NaN or ±inf), ``timeout``. Numbers are Python/numpy reals and one-element tensors.
 
 Untrusted functions run in a persistent worker process (fork context on Linux, so the function
 need not be picklable); each call gets ``timeout_s`` seconds, after which the worker is killed
 and a fresh one picks up the rest of the batch. Trusted functions (the built-in verifiers) run in
 the calling process, with the same error and NaN handling but no timeout.
+
+Measured overhead (2-core CPU, one torch thread, arithmetic verifier, see the branch report): a
+batch of 64 costs about 0.15 ms in-process and about 1.6 ms through the worker.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ def _call(fn: Callable, example: Any, completion: str) -> tuple[str, float, str]
 
 def _worker(conn, fn: Callable) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    # A forked child must not enter the parent's OpenMP thread pool (it would wait forever on
+    # threads that did not survive the fork): torch work in a score function runs single-threaded.
+    torch.set_num_threads(1)
     while True:
         try:
             msg = conn.recv()
