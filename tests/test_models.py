@@ -97,6 +97,7 @@ def test_presets_build_with_expected_sizes(tok, preset, arch):
     assert model.config.vocab_size == len(tok) and model.config.pad_token_id == tok.pad_token_id
     assert model.config.eos_token_id == tok.eos_token_id == model.generation_config.eos_token_id
     assert model.config.model_type == arch and model.dtype == torch.float32
+    assert PRESETS[preset]["tie_word_embeddings"] is True
 
 
 def test_save_load_is_quiet(tok, tiny, tmp_path, capsys):
@@ -206,6 +207,13 @@ def test_atomic_save_keeps_existing_checkpoint_on_failure(tok, tiny, tmp_path, m
     # and a successful save replaces it
     save_pretrained(other, tok, path)
     assert (path / "model.safetensors").read_bytes() != before["model.safetensors"]
+
+
+def test_save_refuses_to_replace_a_file(tok, tiny, tmp_path):
+    (tmp_path / "f").write_text("keep me")
+    with pytest.raises(ValueError, match="is a file"):
+        save_pretrained(tiny, tok, tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "keep me"
 
 
 def test_load_of_incomplete_dir_names_missing_files(tok, tiny, tmp_path):

@@ -52,7 +52,7 @@ def test_failures_are_contained_counted_and_the_worker_recovers(guard, caplog):
     assert rewards.dtype == torch.float32 and failed.dtype == torch.bool
     assert rewards.tolist() == [1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0]
     assert failed.tolist() == [False, True, True, True, True, False, True, True]
-    assert guard.failures == {"error": 3, "nan": 2, "timeout": 1}
+    assert guard.failures == {"error": 3, "nan": 2, "timeout": 1} and guard.total_failures == 6
     assert 0.5 <= elapsed < 3.0  # one timeout, then a fresh worker finishes the batch
     assert guard.restarts == 1
     msgs = [r.getMessage() for r in caplog.records]

@@ -59,6 +59,8 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase |
     under ``.<name>.old-*`` beside it).
     """
     path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"save_pretrained: {str(path)!r} is a file, not a checkpoint directory; pick another path.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

@@ -42,6 +42,8 @@ PRESETS: dict[str, dict] = {
 }
 
 _COMMON = dict(tie_word_embeddings=True, rms_norm_eps=1e-6, initializer_range=0.02, use_cache=True)
+for _size in PRESETS.values():
+    _size.update(_COMMON)
 
 #: Supported architectures -> Hugging Face model_type.
 ARCHS: dict[str, str] = {"qwen2": "qwen2", "llama": "llama"}
@@ -62,7 +64,7 @@ def model_config(preset: str | dict, tokenizer: PreTrainedTokenizerBase, *, arch
     for name in ("pad_token_id", "eos_token_id"):
         if getattr(tokenizer, name) is None:
             raise ValueError(f"tokenizer has no {name}; build it with grouprl.models.build_tokenizer or set one.")
-    kwargs = {**_COMMON, **kwargs, **overrides}
+    kwargs = {**_COMMON, **kwargs, **overrides}  # a user dict gets the common keys too
     kwargs.update(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,

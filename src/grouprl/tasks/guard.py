@@ -263,6 +263,11 @@ class RewardGuard:
             i = j + 1
         return i
 
+    @property
+    def total_failures(self) -> int:
+        """All failures so far, every kind together."""
+        return sum(self.failures.values())
+
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"failures": dict(self.failures), "calls": self.calls, "restarts": self.restarts}
