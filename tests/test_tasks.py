@@ -201,6 +201,13 @@ def test_reasoning_gym_real_if_installed():
     assert rewards.tolist() == [1.0, 0.0, 1.0] and not failed.any()
 
 
+def test_example_fields_are_checked():
+    assert Example("1+1=", "2").data_group == "default" and Example("1+1=", "2").meta == {}
+    assert Example("a", "b").meta is not Example("a", "b").meta
+    with pytest.raises(ValueError, match="Example.answer must be a str"):
+        Example("1+1=", 2)
+
+
 def test_custom_task_subclass():
     class Echo(Task):
         name = "echo"

@@ -24,6 +24,12 @@ class Example:
     data_group: str = "default"
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("prompt", "answer", "data_group"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"Example.{name} must be a str, got {type(value).__name__} {value!r}; convert it with str().")
+
 
 def first_line(completion: str) -> str:
     """The completion up to its first newline or end-of-sequence marker, stripped of spaces."""

@@ -58,7 +58,7 @@ def _call(fn: Callable, example: Any, completion: str) -> tuple[str, float, str]
     try:
         return _check(fn(example, completion))
     except Exception as err:  # a user function's own failure, of any kind
-        return "error", 0.0, f"raised {type(err).__name__}: {err}"
+        return "error", 0.0, f"raised {type(err).__name__}: {str(err)[:300]}"
 
 
 def _worker(conn, fn: Callable) -> None:
