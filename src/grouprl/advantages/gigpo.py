@@ -159,7 +159,9 @@ def combine_ids(*columns: Tensor) -> tuple[Tensor, int]:
     return inv, int(uniq.shape[0])
 
 
-def order_in_sequence(seq: Tensor, step: Tensor, who: str) -> tuple[Tensor, Tensor]:
+def order_in_sequence(
+    seq: Tensor, step: Tensor, who: str, what: tuple[str, str] = ("trajectory", "step")
+) -> tuple[Tensor, Tensor]:
     """Sort rows by (sequence, step); return ``(perm, position)``: the sorted order and each row's
     0-based rank inside its sequence. Two rows with the same (sequence, step) raise ``ValueError``."""
     B = seq.shape[0]
@@ -170,10 +172,12 @@ def order_in_sequence(seq: Tensor, step: Tensor, who: str) -> tuple[Tensor, Tens
     if bool(dup.any()):
         j = int(dup.nonzero()[0, 0])
         a, b = sorted((int(perm[j]), int(perm[j + 1])))
-        raise ValueError(
-            f"{who}: rows {a} and {b} have the same trajectory and step ({int(s_step[j])}); every step "
-            "of a trajectory must be one row (give each trajectory its own label within its group)."
+        fix = (
+            "every step of a trajectory must be one row (give each trajectory its own label within its group)"
+            if what == ("trajectory", "step")
+            else f"each {what[1]} may appear once per {what[0]}"
         )
+        raise ValueError(f"{who}: rows {a} and {b} have the same {what[0]} and {what[1]} ({int(s_step[j])}); {fix}.")
     idx = torch.arange(B, device=seq.device)
     new_seq = torch.ones(B, dtype=torch.bool, device=seq.device)
     new_seq[1:] = s_seq[1:] != s_seq[:-1]
@@ -276,11 +280,13 @@ def gigpo_terms(
         traj_group = torch.zeros(n_traj, dtype=torch.int64, device=g.device).index_put_((traj,), g)
         traj_value = torch.zeros(n_traj, dtype=torch.float64, device=g.device).index_put_((traj,), episode_return)
         est = group_stats(traj_value, traj_group, batch.num_groups, ddof=ddof)
-        a_ep = est.centered(traj_value)[traj] - penalty
+        a_ep = est.centered(traj_value)[traj]
         std_rows = est.std[g]
         single = est.singleton[g]
     if mode == "mean_std_norm":
         a_ep = a_ep / (std_rows + eps)
+    if episode_stats == "trajectory":
+        a_ep = a_ep - penalty  # after normalisation: a std of 0 must not amplify it (proposed reading)
     if singleton == "raise" and bool(single.any()):
         r = int(single.nonzero()[0, 0])
         raise ValueError(
@@ -345,8 +351,10 @@ def gigpo(
 
     Invalid actions (``extras["invalid_action"]``): the reference code subtracts
     ``invalid_penalty`` (0.1 in its run scripts) from that row's episode score and its step return,
-    after discounting. With ``episode_stats="trajectory"`` the statistics use the un-penalised
-    trajectory returns and the penalty shifts only the flagged row (proposed reading). Set
+    after discounting (``episode_stats="row"`` reproduces this exactly). With
+    ``episode_stats="trajectory"`` the statistics use the un-penalised trajectory returns and the
+    penalty is subtracted from the flagged row's A^E after normalisation, so that a group whose
+    returns are all equal (std 0) does not turn 0.1 into 0.1/ε (proposed reading). Set
     ``invalid_penalty=0`` to disable it.
 
     Groups of one: a step group with one member gives A^S = 0. An episode group with one member

@@ -39,9 +39,12 @@ def mars_returns(batch: Rollouts, values: Tensor, player: Tensor, gamma: float) 
 
 def _unique_value_norm(x: Tensor, player: Tensor, mode: str, include_zero: bool) -> Tensor:
     """Per player, centre (and scale) by the mean (std) of the *distinct* values of x (reference code's
-    ``normalize_unique_values_by_player``); one distinct value gives 0."""
+    ``normalize_unique_values_by_player``); one distinct value gives 0. Values are compared after
+    rounding to 1e-9 (the reference compares exact floats, so two mathematically equal returns
+    summed in different orders may count twice there)."""
     pid, n_p = combine_ids(player)
-    p_col, v_col = pid.to(torch.float64), x.to(torch.float64)
+    # Values equal up to rounding (the same return summed along different turns) count once.
+    p_col, v_col = pid.to(torch.float64), torch.round(x.to(torch.float64) * 1e9) / 1e9
     if include_zero:
         p_col = torch.cat([p_col, torch.arange(n_p, dtype=torch.float64)])
         v_col = torch.cat([v_col, torch.zeros(n_p, dtype=torch.float64)])

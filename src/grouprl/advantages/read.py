@@ -67,7 +67,7 @@ def read(
     v = _extra(batch, v_field)
     order = batch.agent if not order_field else _extra(batch, order_field).to(torch.int64)
     dec, _ = combine_ids(batch.group, batch.trajectory, batch.step)
-    perm, pos = order_in_sequence(dec, order, "read (rows of one decision need distinct agents)")
+    perm, pos = order_in_sequence(dec, order, "read", ("decision (group, trajectory, step)", "agent"))
     qs, ds = q[perm], dec[perm]
     first = pos[perm] == 0
     prev = torch.empty_like(qs)
