@@ -296,3 +296,14 @@ def test_similarity_keys():
     assert k2[0] == k2[3] == state_keys([obs[0]]).item()
     with pytest.raises(ValueError, match="threshold"):
         similarity_keys(obs, threshold=1.0)
+
+
+@pytest.mark.parametrize("name", ["gigpo", "salt", "mars", "advevo_public"])
+def test_registered_examples_run(name):
+    from grouprl.advantages import ESTIMATORS
+
+    ex = dict(ESTIMATORS[name].example)
+    kwargs = ex.pop("kwargs", {})
+    b = Rollouts(mask=torch.ones(len(ex["rewards"]), 1), **ex)
+    out = compute_advantages(name, b, **kwargs)
+    assert out.shape == (len(ex["rewards"]), 1) and bool(torch.isfinite(out).all()) and bool(out.abs().sum() > 0)
