@@ -2,10 +2,7 @@
 reference on random batches."""
 
 import math
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -277,13 +274,9 @@ def test_state_keys_canonical():
 
 
 def test_state_keys_stable_across_processes():
-    code = "from grouprl.advantages.gigpo import state_keys; print(state_keys(['go north', {'b': 2, 'a': (1,)}]).tolist())"
-    outs = set()
-    for seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join(sys.path)}
-        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
-    assert len(outs) == 1
-    assert outs.pop().strip() == str(state_keys(["go north", {"b": 2, "a": (1,)}]).tolist())
+    # Golden values: blake2b of the canonical encoding does not depend on the process's hash salt
+    # (Python's hash() of a str changes with PYTHONHASHSEED); checked under PYTHONHASHSEED 0 and 7.
+    assert state_keys(["go north", {"b": 2, "a": (1,)}]).tolist() == [431253530277543260, -728943782222982372]
 
 
 def test_similarity_keys():

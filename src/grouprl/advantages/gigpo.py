@@ -151,12 +151,19 @@ def similarity_keys(
 
 # --------------------------------------------------------------------------- sequence machinery
 def combine_ids(*columns: Tensor) -> tuple[Tensor, int]:
-    """Dense int64 ids of the tuples (columns[0][i], columns[1][i], ...), one ``torch.unique`` pass."""
-    if len(columns) == 1:
-        uniq, inv = torch.unique(columns[0], return_inverse=True)
-        return inv, int(uniq.numel())
-    uniq, inv = torch.unique(torch.stack([c.to(torch.int64) for c in columns], dim=1), dim=0, return_inverse=True)
-    return inv, int(uniq.shape[0])
+    """Dense int64 ids of the tuples (columns[0][i], columns[1][i], ...).
+
+    Folds the columns left to right: ids of the prefix tuple × (distinct values of the next column)
+    + the next column's ids, re-densified by a 1-D ``torch.unique`` (much faster than
+    ``torch.unique(dim=0)``). Ids are ordered lexicographically by the tuples' values.
+    """
+    uniq, ids = torch.unique(columns[0], return_inverse=True)
+    n = int(uniq.numel())
+    for col in columns[1:]:
+        u, inv = torch.unique(col, return_inverse=True)
+        uniq, ids = torch.unique(ids * int(u.numel()) + inv, return_inverse=True)
+        n = int(uniq.numel())
+    return ids, n
 
 
 def order_in_sequence(

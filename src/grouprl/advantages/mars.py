@@ -48,8 +48,12 @@ def _unique_value_norm(x: Tensor, player: Tensor, mode: str, include_zero: bool)
     if include_zero:
         p_col = torch.cat([p_col, torch.arange(n_p, dtype=torch.float64)])
         v_col = torch.cat([v_col, torch.zeros(n_p, dtype=torch.float64)])
-    uniq = torch.unique(torch.stack([p_col, v_col], dim=1), dim=0)
-    st = group_stats(uniq[:, 1], uniq[:, 0].to(torch.int64), n_p, ddof=1)
+    # one representative row per distinct (player, value) pair
+    pair, n_pair = combine_ids(p_col, v_col)
+    first = torch.full((n_pair,), len(pair), dtype=torch.int64).scatter_reduce_(
+        0, pair, torch.arange(len(pair)), reduce="amin"
+    )
+    st = group_stats(v_col[first], p_col[first].to(torch.int64), n_p, ddof=1)
     out = x.to(torch.float64) - st.mean[pid]
     if mode == "mean_std":
         out = out / (st.std[pid] + 1e-6)

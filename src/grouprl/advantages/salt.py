@@ -47,7 +47,7 @@ def salt_edge_ids(batch: Rollouts, key: str = "state") -> tuple[Tensor, int]:
     ``key="state"``: nodes are environment states, an edge is the row's ``transition_key``
     (s_t, a_t, s_{t+1}). ``key="history"``: nodes are whole prefixes (s_0, a_0, …, s_t), so two rows
     share an edge only if their trajectories agree on every transition up to and including this
-    one (proposed reading; computed as the ids of the padded prefix sequences, one ``torch.unique``).
+    one (proposed reading; computed as the ids of the padded prefix sequences, one 1-D ``torch.unique`` per position).
     """
     if key not in KEYS:
         raise ValueError(f"salt: key={key!r}; choose one of {KEYS}")
@@ -65,9 +65,7 @@ def salt_edge_ids(batch: Rollouts, key: str = "state") -> tuple[Tensor, int]:
     mat = torch.zeros(int(seq.max()) + 1, L, dtype=torch.int64, device=seq.device)
     mat[seq, pos] = batch.transition_key
     prefix = torch.where(torch.arange(L, device=seq.device)[None, :] <= pos[:, None], mat[seq], 0)
-    rows = torch.cat([batch.group[:, None], pos[:, None], prefix], dim=1)
-    uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
-    return inv, int(uniq.shape[0])
+    return combine_ids(batch.group, pos, *prefix.unbind(1))
 
 
 def _row_values(adv: Tensor, mask: Tensor) -> Tensor:
