@@ -275,3 +275,10 @@ def test_gym_frozenlake_text_and_solution():
         obs, r, term, trunc, info = env.step(a)
     assert term and r == 1.0
     assert env.state_key() == ("FrozenLake-v1", 15)
+
+
+@needs_gym
+def test_gym_any_id_and_make_kwargs():
+    env = get_env("gym", env_id="FrozenLake8x8-v1", is_slippery=False)
+    obs, _ = env.reset(seed=0)
+    assert len(obs.splitlines()) == 8 and env.valid_actions() == ["left", "down", "right", "up"]

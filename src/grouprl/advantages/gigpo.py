@@ -197,7 +197,7 @@ def order_in_sequence(
 def discounted_returns(values: Tensor, seq: Tensor, position: Tensor, gamma: float) -> Tensor:
     """R_t = Σ_{k>=t} γ^{k−t} v_k over each sequence's rows in step order (float64), vectorised:
     rows are scattered into a (sequences, max length) matrix and reduced by the core's chunked
-    ``reverse_discounted_cumsum``."""
+    ``reverse_discounted_cumsum``. Memory: sequences × the longest sequence, in float64."""
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"discount gamma={gamma}; it must be in [0, 1].")
     n_seq = int(seq.max()) + 1

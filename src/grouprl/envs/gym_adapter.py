@@ -174,6 +174,7 @@ def _factory(*env_ids: str):
     return make
 
 
+register_env("gym")(GymTextEnv)  # any gymnasium id: get_env("gym", env_id="FrozenLake8x8-v1")
 register_env("frozenlake")(_factory("FrozenLake-v1"))
 register_env("taxi")(_factory("Taxi-v4", "Taxi-v3"))
 register_env("cliffwalking")(_factory("CliffWalking-v1", "CliffWalking-v0"))
