@@ -22,7 +22,8 @@ SCOPES = ("group", "batch")
 @estimator(
     "advevo_public",
     needs=("rewards", "group", "mask", "role"),
-    paper="AdvEvo-MARL: Shaping Internalized Safety through Adversarial Co-Evolution in Multi-Agent RL, arXiv:2510.01586",
+    paper="AdvEvo-MARL: Shaping Internalized Safety through Adversarial Co-Evolution in "
+    "Multi-Agent Reinforcement Learning, arXiv:2510.01586",
     level="outcome",
     example={
         "rewards": [1, 0, 1, 1],

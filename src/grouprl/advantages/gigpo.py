@@ -263,7 +263,9 @@ def gigpo_terms(
     traj, n_traj = combine_ids(g, batch.trajectory)
     _, position = order_in_sequence(traj, batch.step, who)
     invalid = _row_flag(batch, "invalid_action", who)
-    penalty = invalid * invalid_penalty if invalid is not None else torch.zeros(len(batch), dtype=torch.float64, device=g.device)
+    penalty = torch.zeros(len(batch), dtype=torch.float64, device=g.device)
+    if invalid is not None:
+        penalty = invalid * invalid_penalty
 
     # Episode score per row: the trajectory's return (optionally per step), minus the row's penalty.
     episode_return = batch.rewards.to(torch.float64)

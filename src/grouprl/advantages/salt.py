@@ -47,7 +47,8 @@ def salt_edge_ids(batch: Rollouts, key: str = "state") -> tuple[Tensor, int]:
     ``key="state"``: nodes are environment states, an edge is the row's ``transition_key``
     (s_t, a_t, s_{t+1}). ``key="history"``: nodes are whole prefixes (s_0, a_0, …, s_t), so two rows
     share an edge only if their trajectories agree on every transition up to and including this
-    one (proposed reading; computed as the ids of the padded prefix sequences, one 1-D ``torch.unique`` per position).
+    one (proposed reading; computed as the ids of the padded prefix sequences, one 1-D
+    ``torch.unique`` per position).
     """
     if key not in KEYS:
         raise ValueError(f"salt: key={key!r}; choose one of {KEYS}")
