@@ -46,12 +46,12 @@ def _unique_value_norm(x: Tensor, player: Tensor, mode: str, include_zero: bool)
     # Values equal up to rounding (the same return summed along different turns) count once.
     p_col, v_col = pid.to(torch.float64), torch.round(x.to(torch.float64) * 1e9) / 1e9
     if include_zero:
-        p_col = torch.cat([p_col, torch.arange(n_p, dtype=torch.float64)])
-        v_col = torch.cat([v_col, torch.zeros(n_p, dtype=torch.float64)])
+        p_col = torch.cat([p_col, torch.arange(n_p, dtype=torch.float64, device=x.device)])
+        v_col = torch.cat([v_col, torch.zeros(n_p, dtype=torch.float64, device=x.device)])
     # one representative row per distinct (player, value) pair
     pair, n_pair = combine_ids(p_col, v_col)
-    first = torch.full((n_pair,), len(pair), dtype=torch.int64).scatter_reduce_(
-        0, pair, torch.arange(len(pair)), reduce="amin"
+    first = torch.full((n_pair,), len(pair), dtype=torch.int64, device=x.device).scatter_reduce_(
+        0, pair, torch.arange(len(pair), device=x.device), reduce="amin"
     )
     st = group_stats(v_col[first], p_col[first].to(torch.int64), n_p, ddof=1)
     out = x.to(torch.float64) - st.mean[pid]

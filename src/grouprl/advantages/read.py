@@ -79,8 +79,8 @@ def read(
         n_dec = int(dec.max()) + 1
         is_last = torch.ones_like(first)
         is_last[:-1] = ds[1:] != ds[:-1]
-        last = torch.zeros(n_dec, dtype=torch.float64).index_put_((ds[is_last],), qs[is_last])
-        base = torch.zeros(n_dec, dtype=torch.float64).index_put_((ds[first],), v[perm][first])
+        last = qs.new_zeros(n_dec).index_put_((ds[is_last],), qs[is_last])
+        base = qs.new_zeros(n_dec).index_put_((ds[first],), v[perm][first])
         adv_sorted = (last - base)[ds]
     out = torch.empty_like(adv_sorted)
     out[perm] = adv_sorted
