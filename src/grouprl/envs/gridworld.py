@@ -1,0 +1,125 @@
+"""A text grid world (FrozenLake-style maze) with fixed layouts chosen by the seed."""
+
+from __future__ import annotations
+
+import random
+
+from .base import TextEnv, register_env
+
+__all__ = ["GridWorld", "LAYOUTS"]
+
+# S start, G goal, H hole (ends the episode, no reward), # wall (blocks), . floor.
+LAYOUTS: tuple[tuple[str, ...], ...] = (
+    (
+        "S...",
+        ".H.H",
+        "...H",
+        "H..G",
+    ),
+    (
+        "S.#..",
+        ".H#.H",
+        "...#.",
+        "#H...",
+        "...HG",
+    ),
+    (
+        "S....",
+        "###.#",
+        "..H..",
+        ".#.#.",
+        "...HG",
+    ),
+    (
+        "..H..",
+        "S.#.G",
+        ".##.H",
+        ".....",
+    ),
+)
+MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+
+
+@register_env("gridworld")
+class GridWorld(TextEnv):
+    """Walk from S to G without falling into a hole H; walls # block. Reward 1 on reaching G.
+
+    The layout is ``LAYOUTS[seed % len(LAYOUTS)]`` (or ``layout=i`` fixes it), so environments reset
+    with the same seed share their states. ``slip`` > 0 makes a move go sideways with that
+    probability, drawn from a generator seeded at reset (deterministic under seed and actions).
+    Moving into a wall or the border is legal and leaves the agent in place.
+    """
+
+    name = "gridworld"
+
+    def __init__(
+        self,
+        *,
+        layout: int | None = None,
+        max_steps: int = 20,
+        slip: float = 0.0,
+        goal_reward: float = 1.0,
+        hole_reward: float = 0.0,
+        invalid_penalty: float = 0.0,
+    ) -> None:
+        super().__init__(max_steps=max_steps, invalid_penalty=invalid_penalty)
+        if layout is not None and not 0 <= layout < len(LAYOUTS):
+            raise ValueError(f"gridworld: layout={layout}; choose 0..{len(LAYOUTS) - 1} or None (by seed).")
+        if not 0.0 <= slip < 1.0:
+            raise ValueError(f"gridworld: slip={slip}; it must be in [0, 1).")
+        self.fixed_layout = layout
+        self.slip = slip
+        self.goal_reward = goal_reward
+        self.hole_reward = hole_reward
+        self.layout_id = 0
+        self.grid: tuple[str, ...] = LAYOUTS[0]
+        self.pos = (0, 0)
+        self._rng = random.Random(0)
+
+    def _reset(self, seed: int) -> None:
+        self.layout_id = self.fixed_layout if self.fixed_layout is not None else seed % len(LAYOUTS)
+        self.grid = LAYOUTS[self.layout_id]
+        self.pos = next((r, row.index("S")) for r, row in enumerate(self.grid) if "S" in row)
+        self._rng = random.Random(seed)
+
+    def valid_actions(self) -> list[str]:
+        return list(MOVES)
+
+    @property
+    def action_prompt(self) -> str:
+        return (
+            "You are A on a grid. Reach G; falling into a hole H ends the episode; walls # block. "
+            "Answer with one move: <action>up</action>, <action>down</action>, <action>left</action> "
+            "or <action>right</action>."
+        )
+
+    def _cell(self, r: int, c: int) -> str:
+        if 0 <= r < len(self.grid) and 0 <= c < len(self.grid[0]):
+            return self.grid[r][c]
+        return "#"
+
+    def _step(self, action: str) -> tuple[float, bool, dict]:
+        dr, dc = MOVES[action]
+        if self.slip > 0 and self._rng.random() < self.slip:
+            dr, dc = (dc, dr) if self._rng.random() < 0.5 else (-dc, -dr)
+        r, c = self.pos[0] + dr, self.pos[1] + dc
+        if self._cell(r, c) != "#":
+            self.pos = (r, c)
+        cell = self._cell(*self.pos)
+        if cell == "G":
+            return self.goal_reward, True, {"success": True}
+        if cell == "H":
+            return self.hole_reward, True, {"success": False}
+        return 0.0, False, {"success": False}
+
+    def _observe(self) -> str:
+        rows = []
+        for r, row in enumerate(self.grid):
+            cells = list(row)
+            if r == self.pos[0]:
+                cells[self.pos[1]] = "A"
+            rows.append(" ".join(cells))
+        return "\n".join(rows)
+
+    def state_key(self) -> tuple:
+        return ("gridworld", self.layout_id, self.pos)
