@@ -35,6 +35,7 @@ exactly 0 with a zero gradient, never NaN.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Union
 
@@ -65,7 +66,7 @@ def check_agg(agg: str) -> str:
 
 def normalizers(mask: Tensor, agg: str | None = None) -> dict[str, Tensor]:
     """Global normalisers of a (mini-)batch: ``num_tokens`` (valid tokens) and ``num_seqs`` (rows
-    with at least one valid token), as 0-d float64 tensors on the mask's device (no host sync).
+    with at least one valid token), as exact 0-d int64 tensors on the mask's device (no host sync).
 
     Compute them once on the full batch and pass them to every micro-batch's ``policy_loss`` /
     ``aggregate`` call (``**normalizers(mask)``). ``agg``, if given, is only validated: every mode
@@ -78,8 +79,8 @@ def normalizers(mask: Tensor, agg: str | None = None) -> dict[str, Tensor]:
         raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
     m = mask.to(torch.bool)
     return {
-        "num_tokens": m.sum().to(torch.float64),
-        "num_seqs": m.any(dim=1).sum().to(torch.float64),
+        "num_tokens": m.sum(),
+        "num_seqs": m.any(dim=1).sum(),
     }
 
 
@@ -89,7 +90,8 @@ def _count(value: Number | None, local: Tensor, like: Tensor) -> Tensor:
     return v.to(device=like.device, dtype=like.dtype).clamp_min(1.0)
 
 
-def _norm_const(norm_const: Number | None, mask: Tensor, like: Tensor) -> Tensor:
+def _norm_const(norm_const: Number | None, mask: Tensor) -> Number:
+    """``norm_const``, or the padded width T of ``mask`` with a warning when it is None."""
     if norm_const is None:
         warnings.warn(
             "agg='seq-mean-token-sum-norm' without norm_const: dividing by the padded width "
@@ -98,11 +100,8 @@ def _norm_const(norm_const: Number | None, mask: Tensor, like: Tensor) -> Tensor
             UserWarning,
             stacklevel=3,
         )
-        return torch.tensor(float(mask.shape[-1]), dtype=like.dtype, device=like.device).clamp_min(1.0)
-    c = torch.as_tensor(norm_const).to(device=like.device, dtype=like.dtype)
-    if c.dim() != 0:
-        raise ValueError(f"norm_const must be a scalar, got shape {tuple(c.shape)}")
-    return c
+        return float(mask.shape[-1])
+    return norm_const
 
 
 def aggregate(
@@ -125,8 +124,8 @@ def aggregate(
     if m.dim() != 2:
         raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
     x = per_token_loss
-    if not x.dtype.is_floating_point:
-        x = x.to(torch.float32)
+    if not x.dtype.is_floating_point or x.dtype.itemsize < 4:
+        x = x.to(torch.float32)  # bf16/fp16 sums and counts would round: reduce in float32
     if x.dim() == 1:  # sequence-level loss: one value per row
         if x.shape[0] != m.shape[0]:
             raise ValueError(f"per-sequence loss has {x.shape[0]} rows, mask has {m.shape[0]}")
@@ -147,4 +146,10 @@ def aggregate(
         lengths = m.sum(dim=1).to(x.dtype).clamp_min(1.0)
         return (xm.sum(dim=1) / lengths).sum() / n_seq
     # seq-mean-token-sum-norm
-    return xm.sum() / (n_seq * _norm_const(norm_const, m, x))
+    c = _norm_const(norm_const, m)
+    if isinstance(c, Tensor):
+        if c.dim() != 0:
+            raise ValueError(f"norm_const must be a scalar, got a tensor of shape {tuple(c.shape)}")
+    elif not (float(c) > 0 and math.isfinite(float(c))):
+        raise ValueError(f"norm_const must be a finite number > 0 (the token budget), got {c!r}")
+    return xm.sum() / (n_seq * torch.as_tensor(c).to(device=x.device, dtype=x.dtype))

@@ -14,7 +14,7 @@ normalisers it is given, and adds the KL and entropy terms.
 
 All metrics are 0-d detached tensors normalised by the same global counts as the loss, so the
 metrics of the micro-batches of one mini-batch SUM to the full-batch metric. Nothing calls
-``.item()``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
+``Tensor.item``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def policy_loss(
     check_agg(agg)
     lp, old, adv, m, zero = _prepare(logprobs, old_logprobs, advantages, mask, validate)
     if agg == "seq-mean-token-sum-norm" or info.agg == "seq-mean-token-sum-norm":
-        norm_const = _norm_const(norm_const, m, lp)  # warns once here if None
+        norm_const = _norm_const(norm_const, m)  # warns once, here, if None
     norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
 
     out, raw_metrics = info.fn(lp, old, adv, m, **hparams)
