@@ -24,8 +24,9 @@ Under data parallelism pass the all-reduced global counts and sum (do not averag
 or multiply the loss by the world size when the framework averages them.
 
 **Dr. GRPO's constant.** ``seq-mean-token-sum-norm`` divides by ``N_seq · C`` — the paper's
-"mean over responses of the token sum divided by MAX_TOKENS", as in verl 0.9.1 (its loss_scale_factor
-path); verl before 0.5 divided by C only (pass ``num_seqs=1`` for that). When ``norm_const`` is
+"mean over responses of the token sum divided by MAX_TOKENS", which gives the +0.125 of the worked
+example in methods/grpo-family.md section 5 (and verl 0.9.1's form as anchors.md section 1.5 reads it).
+Older verl releases divided by C only, without 1/N_seq: pass ``num_seqs=1`` for that. When ``norm_const`` is
 ``None``, C is the padded width T of the mask, with a ``UserWarning``: T changes from batch to batch
 unless the padding is fixed, which re-weights steps silently; pass the generation budget instead.
 

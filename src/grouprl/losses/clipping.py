@@ -63,7 +63,8 @@ def ppo_clip(
     paper="Group Sequence Policy Optimization (GSPO), arXiv:2507.18071",
     agg="seq-mean-token-mean",
     example={
-        # row 0: token log-ratios 0.1, −0.1 -> s = 1 (inside); row 1: mean log-ratio 0.2 -> s = e^0.2 (clipped, A > 0)
+        # row 0: token log-ratios 0.1, −0.1 -> s = 1 (inside);
+        # row 1: mean log-ratio 0.2 -> s = e^0.2 (clipped, A > 0)
         "logprobs": [[-0.9, -1.1, 0.0], [-0.8, -1.0, -1.2]],
         "old_logprobs": [[-1.0, -1.0, 0.0], [-1.0, -1.2, -1.4]],
         "advantages": [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]],

@@ -268,9 +268,10 @@ def example_inputs(name: str, dtype: torch.dtype = torch.float64) -> dict[str, A
         "old_logprobs": torch.tensor(ex["old_logprobs"], dtype=dtype),
         "advantages": torch.tensor(ex["advantages"], dtype=dtype),
     }
-    out["mask"] = (
-        torch.tensor(ex["mask"], dtype=torch.bool) if "mask" in ex else torch.ones_like(out["old_logprobs"], dtype=torch.bool)
-    )
+    if "mask" in ex:
+        out["mask"] = torch.tensor(ex["mask"], dtype=torch.bool)
+    else:
+        out["mask"] = torch.ones_like(out["old_logprobs"], dtype=torch.bool)
     out["kwargs"] = dict(ex.get("kwargs", {}))
     return out
 
