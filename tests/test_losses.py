@@ -334,9 +334,11 @@ def test_rollout_is_weights_multiply_the_per_token_loss():
     loss, _ = policy_loss("ppo_clip", lp, lp.detach(), adv, ones(1, 3), rollout_is_weights=w)
     assert loss.item() == pytest.approx((-0.5 + 2.0 - 2.0) / 3)
     assert torch.allclose(grad(loss, lp), -w * adv / 3)
-    # sequence-level losses use the row's mean weight
+    # sequence-level losses use the geometric mean of the row's weights: (0.5 * 2 * 1)^(1/3) = 1
     loss, _ = policy_loss("gmpo", lp, lp.detach(), adv, ones(1, 3), rollout_is_weights=w)
-    assert loss.item() == pytest.approx(-(2.0 / 3) * (3.5 / 3))
+    assert loss.item() == pytest.approx(-(2.0 / 3))
+    loss, _ = policy_loss("gmpo", lp, lp.detach(), adv, ones(1, 3), rollout_is_weights=t([[0.5, 4.0, 4.0]]))
+    assert loss.item() == pytest.approx(-(2.0 / 3) * 2.0)
 
 
 # --- metrics, examples, API errors ------------------------------------------------------------

@@ -20,8 +20,8 @@ not depend on the split. Compute ``normalizers(mask)`` once on the full batch an
 micro-batch losses, and of their gradients, then equals the full-batch loss and gradient exactly.
 When they are ``None`` the *local* counts of the tensors passed in are used, which reproduces
 verl's per-micro-batch behaviour and makes the objective depend on the split (verl #5625, #7321).
-Under data parallelism pass the all-reduced global counts and sum (do not average) the gradients,
-or multiply the loss by the world size when the framework averages them.
+Under data parallelism pass the all-reduced global counts and ``dp_size`` (the number of ranks):
+the loss is multiplied by it, which undoes DDP/FSDP gradient averaging (as verl's ``dp_size``).
 
 **Dr. GRPO's constant.** ``seq-mean-token-sum-norm`` divides by ``N_seq · C`` — the paper's
 "mean over responses of the token sum divided by MAX_TOKENS", which gives the +0.125 of the worked
@@ -91,7 +91,7 @@ def _count(value: Number | None, local: Tensor, like: Tensor) -> Tensor:
     return v.to(device=like.device, dtype=like.dtype).clamp_min(1.0)
 
 
-def _norm_const(norm_const: Number | None, mask: Tensor) -> Number:
+def _norm_const(norm_const: Number | None, mask: Tensor, stacklevel: int = 3) -> Number:
     """``norm_const``, or the padded width T of ``mask`` with a warning when it is None."""
     if norm_const is None:
         warnings.warn(
@@ -99,7 +99,7 @@ def _norm_const(norm_const: Number | None, mask: Tensor) -> Number:
             f"T={mask.shape[-1]} of this batch, which varies between batches unless the padding is "
             "fixed; pass norm_const=<generation budget (max new tokens)> for Dr. GRPO's constant.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         return float(mask.shape[-1])
     return norm_const
@@ -113,13 +113,27 @@ def aggregate(
     num_tokens: Number | None = None,
     num_seqs: Number | None = None,
     norm_const: Number | None = None,
+    dp_size: int = 1,
 ) -> Tensor:
     """Reduce a (B, T) per-token loss (or a (B,) per-sequence loss) to a scalar by ``agg``.
 
     See the module docstring for the five formulas. ``num_tokens``/``num_seqs`` are the GLOBAL
     counts of the full (mini-)batch (``normalizers(full_mask)``); ``None`` -> local counts of
-    ``mask``. Masked entries are ignored even if they hold inf or NaN (selected with ``where``).
+    ``mask``. ``dp_size`` multiplies the result (data parallelism with averaged gradients).
+    Masked entries are ignored even if they hold inf or NaN (selected with ``where``).
     """
+    out = _aggregate(per_token_loss, mask, agg, num_tokens, num_seqs, norm_const)
+    return out * dp_size if dp_size != 1 else out
+
+
+def _aggregate(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    agg: str,
+    num_tokens: Number | None,
+    num_seqs: Number | None,
+    norm_const: Number | None,
+) -> Tensor:
     check_agg(agg)
     m = mask.to(torch.bool)
     if m.dim() != 2:
@@ -147,7 +161,7 @@ def aggregate(
         lengths = m.sum(dim=1).to(x.dtype).clamp_min(1.0)
         return (xm.sum(dim=1) / lengths).sum() / n_seq
     # seq-mean-token-sum-norm
-    c = _norm_const(norm_const, m)
+    c = _norm_const(norm_const, m, stacklevel=4)
     if isinstance(c, Tensor):
         if c.dim() != 0:
             raise ValueError(f"norm_const must be a scalar, got a tensor of shape {tuple(c.shape)}")
