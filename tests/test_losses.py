@@ -102,6 +102,19 @@ def test_gspo_value_is_the_sequence_ratio():
     assert loss.item() == pytest.approx((-1.0 - 1.0004) / 2)
 
 
+def test_gspo_negative_advantage_lower_clip_zeroes_the_row_gradient():
+    # mean log-ratio -0.2 -> s = e^-0.2 < 1 - 3e-4 with A < 0: the whole row is clipped
+    lp = leaf([[-1.1, -1.3], [-1.0, -1.0]])
+    old = t([[-1.0, -1.0], [-1.0, -1.0]])
+    adv = t([[-1.0, -1.0], [-1.0, -1.0]])
+    per_tok, maps = token_losses("gspo", lp, old, adv, ones(2, 2))
+    assert torch.allclose(per_tok[0], torch.full((2,), 1 - 3e-4, dtype=D))
+    assert torch.allclose(per_tok[1], torch.ones(2, dtype=D))  # s = 1, inside
+    assert torch.equal(maps["clipfrac_low"], t([[1, 1], [0, 0]]))
+    g = grad(per_tok.sum(), lp)
+    assert torch.equal(g[0], torch.zeros(2, dtype=D)) and torch.allclose(g[1], torch.ones(2, dtype=D))
+
+
 def test_gspo_gradient_equals_the_sequence_level_objective():
     """With seq-mean-token-mean, the stop-gradient injection has exactly the value and gradient of
     J = (1/G) sum_i s_i A_i with s_i = exp(mean_t log rho): d/d log pi_it = -A_i s_i / (G |y_i|)."""
