@@ -387,6 +387,10 @@ def test_unknown_loss_and_hparam_messages():
         policy_loss("ppo_clip", lp, lp.detach(), t([[1.0]]), ones(1, 1), eps_hgh=0.28)
     with pytest.raises(TypeError, match="'gpg' got an unknown hyperparameter 'eps_low': it takes no hyperparameters"):
         policy_loss("gpg", lp, lp.detach(), t([[1.0]]), ones(1, 1), eps_low=0.2)
+    with pytest.raises(TypeError, match="'kl_coeff': did you mean 'kl_coef'"):
+        policy_loss("ppo_clip", lp, lp.detach(), t([[1.0]]), ones(1, 1), kl_coeff=0.1)
+    with pytest.raises(TypeError, match="'zzz': it takes clip_ratio_c, delta, eps_high"):
+        policy_loss("ppo_clip", lp, lp.detach(), t([[1.0]]), ones(1, 1), zzz=0.1)
     with pytest.raises(TypeError, match="did you mean 'tau_pos'"):
         policy_loss("sapo", lp, lp.detach(), t([[1.0]]), ones(1, 1), tau_po=1.0)
     with pytest.raises(ValueError, match="did you mean 'token-mean'"):
@@ -458,3 +462,13 @@ def test_value_loss_clipped_as_verl():
     assert grad(loss2, v2)[0, 0].item() == 0.0
     loss3, _ = value_loss(v2, t([[1.0, 0.0]]), t([[2.0, 0.0]]), ones(1, 2), clip_range=None, agg="token-sum")
     assert loss3.item() == pytest.approx(0.5 * 0.2**2)
+
+
+def test_dp_size_scales_the_loss_not_the_metrics_and_tensor_coefficients():
+    lp = leaf([[-1.0, -2.0]])
+    adv = t([[1.0, -1.0]])
+    ref = t([[-1.5, -1.5]])
+    a, ma = policy_loss("gpg", lp, lp.detach(), adv, ones(1, 2), ref_logprobs=ref, kl_coef=0.1)
+    b, mb = policy_loss("gpg", lp, lp.detach(), adv, ones(1, 2), ref_logprobs=ref, kl_coef=torch.tensor(0.1), dp_size=4)
+    assert b.item() == pytest.approx(4 * a.item())
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)

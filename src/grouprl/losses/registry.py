@@ -101,11 +101,21 @@ def register_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+_OWN_KEYWORDS = (
+    "agg", "num_tokens", "num_seqs", "norm_const", "ref_logprobs", "kl_coef", "kl_type", "entropy",
+    "entropy_coef", "rollout_is_weights", "dp_size", "respect_agg", "validate",
+)
+
+
 def _check_hparams(info: LossInfo, hparams: dict[str, Any]) -> None:
     for k in hparams:
         if k not in info.defaults:
-            hint = suggest(k, info.defaults) if info.defaults else "it takes no hyperparameters"
-            raise TypeError(f"policy loss {info.name!r} got an unknown hyperparameter {k!r}: {hint}")
+            close = suggest(k, [*info.defaults, *_OWN_KEYWORDS])
+            if not close.startswith("did you mean"):
+                close = (
+                    "it takes " + ", ".join(sorted(info.defaults)) if info.defaults else "it takes no hyperparameters"
+                )
+            raise TypeError(f"policy loss {info.name!r} got an unknown hyperparameter {k!r}: {close}")
 
 
 def _as_float(x: Any, like: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -197,7 +207,9 @@ def policy_loss(
       term unless ``respect_agg=True``; the KL and entropy terms always use ``agg``. A
       sequence-level loss (``gmpo``) is a mean over valid rows; its IS weight is the geometric
       mean of the row's token weights, as verl.
-    - ``dp_size``: the number of data-parallel ranks; multiplies the loss (see ``aggregate``).
+    - ``dp_size``: the number of data-parallel ranks; multiplies the returned loss (not the
+      metrics), see ``aggregate``. ``kl_coef``/``entropy_coef`` may be 0-d tensors (adaptive
+      controllers) without a host sync.
     - ``**hparams`` go to the loss (unknown ones: TypeError with close matches).
 
     Metrics (0-d, detached): ``pg_loss``, ``clipfrac``, ``clipfrac_low``, ``clipfrac_high``,
@@ -211,7 +223,7 @@ def policy_loss(
     lp, old, adv, m, zero = _prepare(logprobs, old_logprobs, advantages, mask, validate)
     if agg == "seq-mean-token-sum-norm" or info.agg == "seq-mean-token-sum-norm":
         norm_const = _norm_const(norm_const, m)  # warns once, here, if None
-    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const, dp_size=dp_size)
+    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
 
     out, raw_metrics = info.fn(lp, old, adv, m, **hparams)
     if rollout_is_weights is not None:
@@ -241,9 +253,9 @@ def policy_loss(
         ref = torch.where(m, _as_float(ref_logprobs, lp, "ref_logprobs", tuple(lp.shape)), zero)
         kl = aggregate(kl_penalty(lp, ref, kl_type), m, agg, **norms)
         metrics["kl"] = kl.detach()
-        if kl_coef:
+        if _active(kl_coef):
             loss = loss + kl_coef * kl
-    elif kl_coef:
+    elif _active(kl_coef):
         raise ValueError(f"kl_coef={kl_coef} needs ref_logprobs (the reference policy's log-probs, (B, T)).")
 
     if entropy is not None:
@@ -251,11 +263,18 @@ def policy_loss(
             raise ValueError(f"entropy has shape {tuple(entropy.shape)}, expected {tuple(lp.shape)}")
         ent = aggregate(torch.where(m, entropy.to(lp.dtype), zero), m, agg, **norms)
         metrics["entropy"] = ent.detach()
-        if entropy_coef:
+        if _active(entropy_coef):
             loss = loss - entropy_coef * ent
-    elif entropy_coef:
+    elif _active(entropy_coef):
         raise ValueError(f"entropy_coef={entropy_coef} needs entropy (per-token entropies, (B, T)).")
+    if dp_size != 1:
+        loss = loss * dp_size
     return loss, metrics
+
+
+def _active(coef: float | Tensor) -> bool:
+    """A coefficient is on if it is a non-zero number or any tensor (no host sync on tensors)."""
+    return isinstance(coef, Tensor) or coef != 0
 
 
 # ---------------------------------------------------------------------------------------------
