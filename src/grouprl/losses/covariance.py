@@ -155,7 +155,7 @@ def clip_cov(
         )
     sel = _check_selected(selected, mask)
     loss = torch.where(sel, torch.zeros((), dtype=loss.dtype, device=loss.device), loss)
-    metrics["covfrac"] = sel.to(loss.dtype)
+    metrics["covfrac"] = sel
     return loss, metrics
 
 
@@ -193,4 +193,4 @@ def kl_cov(
         selected = kl_cov_select(logprobs, advantages, mask, kl_cov_ratio=kl_cov_ratio)
     sel = _check_selected(selected, mask)
     loss = loss + torch.where(sel, ppo_kl_coef * lr.abs(), torch.zeros((), dtype=loss.dtype, device=loss.device))
-    return loss, {"covfrac": sel.to(loss.dtype)}
+    return loss, {"covfrac": sel}

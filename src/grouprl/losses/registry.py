@@ -6,8 +6,8 @@ A registered loss is a pure function
 
 on (B, T) tensors (``logprobs`` carries the gradient, the others are constants, ``mask`` bool).
 It returns the per-token loss (B, T) — or, for ``level="sequence"`` losses, one loss per row (B,) —
-and a dict of metric maps: a (B, T) map is averaged over the valid tokens, a (B,) map over the
-valid rows, a 0-d tensor is passed through. ``policy_loss`` validates and sanitises the inputs
+and a dict of metric maps (bool indicators or floats): a (B, T) map is averaged over the valid
+tokens, a (B,) map over the valid rows, a 0-d tensor is passed through. ``policy_loss`` validates and sanitises the inputs
 (masked positions are replaced by harmless values, so padding that holds −inf or NaN cannot leak
 into the loss or its gradient), multiplies by rollout IS weights, aggregates with the GLOBAL
 normalisers it is given, and adds the KL and entropy terms.
@@ -241,12 +241,7 @@ def policy_loss(
     for k in STANDARD_METRICS:
         metrics[k] = zero.detach()
     for k, v in raw_metrics.items():
-        v = v.detach()
-        if v.dim() == 2:
-            v = aggregate(v.to(lp.dtype), m, "token-mean", num_tokens=num_tokens)
-        elif v.dim() == 1:
-            v = aggregate(v.to(lp.dtype), m, "token-mean", num_seqs=num_seqs)
-        metrics[k] = v
+        metrics[k] = _reduce_metric(v.detach(), m, num_tokens, num_seqs, lp.dtype)
     metrics["ppo_kl"] = aggregate((old - lp).detach(), m, "token-mean", num_tokens=num_tokens)
 
     if ref_logprobs is not None:
@@ -270,6 +265,19 @@ def policy_loss(
     if dp_size != 1:
         loss = loss * dp_size
     return loss, metrics
+
+
+def _reduce_metric(v: Tensor, m: Tensor, num_tokens, num_seqs, dtype: torch.dtype) -> Tensor:
+    """A metric map -> 0-d: token maps over ``num_tokens``, row maps over ``num_seqs``."""
+    if v.dim() == 0:
+        return v
+    if v.dtype != torch.bool:
+        return aggregate(v.to(dtype), m, "token-mean", num_tokens=num_tokens, num_seqs=num_seqs)
+    # an indicator: an integer count of the valid hits, no float copy of the map
+    valid = m if v.dim() == 2 else m.any(dim=1)
+    given = num_tokens if v.dim() == 2 else num_seqs
+    n = valid.sum() if given is None else torch.as_tensor(given, device=m.device)
+    return (v & valid).sum().to(dtype) / n.to(dtype).clamp_min(1.0)
 
 
 def _active(coef: float | Tensor) -> bool:
