@@ -38,7 +38,7 @@ def list_methods() -> None:
     for col in ("name", "level", "paper"):
         t.add_column(col)
     for name, info in LOSSES.items():
-        t.add_row(name, getattr(info, "level", ""), getattr(info, "paper", ""))
+        t.add_row(name, info.level, info.paper)
     console.print(t)
 
 
@@ -81,23 +81,21 @@ def explain(name: str = typer.Argument(..., help="an estimator or loss name, see
                     console.print("    " + _fmt(row))
         return
     if name in LOSSES:
-        info = LOSSES[name]
-        console.rule(f"[bold]{name}[/] — policy loss")
-        console.print(f"paper: {getattr(info, 'paper', '') or '-'}\n")
-        console.print((getattr(info, "doc", "") or "") + "\n")
-        example = getattr(info, "example", None)
-        if example:
-            from ..losses import policy_loss
+        from ..losses import run_example
 
-            ex = {k: torch.tensor(v, dtype=torch.float64) for k, v in example.items() if k != "kwargs"}
-            ex["mask"] = ex["mask"].bool()
-            loss, metrics = policy_loss(name, **ex, **example.get("kwargs", {}))
-            console.print("[bold]worked example[/] (computed now)")
-            for k, v in example.items():
+        info = LOSSES[name]
+        console.rule(f"[bold]{name}[/] — policy loss ({info.level})")
+        console.print(f"paper: {info.paper or '-'}\n")
+        console.print(info.doc + "\n")
+        console.print("defaults: " + (", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "none"))
+        if info.example:
+            loss, metrics = run_example(name)
+            console.print("\n[bold]worked example[/] (computed now)")
+            for k, v in info.example.items():
                 console.print(f"  {k} = {v}")
             console.print(f"  loss = {loss.item():+.4f}")
             for k, v in metrics.items():
-                console.print(f"  {k} = {_fmt(v.tolist() if v.dim() else v.item())}")
+                console.print(f"  {k} = {_fmt(v.tolist())}")
         return
     console.print(f"[red]unknown method {name!r}[/]: {suggest(name, list(ESTIMATORS) + list(LOSSES))}")
     raise typer.Exit(2)

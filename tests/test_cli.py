@@ -1,0 +1,44 @@
+"""`grouprl list` and `grouprl explain`."""
+
+import pytest
+from typer.testing import CliRunner
+
+from grouprl.advantages import ESTIMATORS
+from grouprl.cli import app
+from grouprl.losses import LOSSES
+
+runner = CliRunner()
+
+
+def test_list_shows_every_estimator_and_loss():
+    res = runner.invoke(app, ["list"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for name in list(ESTIMATORS) + list(LOSSES):
+        if not name.startswith("_"):
+            assert name in res.output
+
+
+def test_explain_grpo_computes_the_worked_example():
+    res = runner.invoke(app, ["explain", "grpo"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "arXiv:2402.03300" in res.output
+    assert "+0.8660, -0.8660, -0.8660, +0.8660" in res.output
+
+
+def test_explain_loss_computes_its_example():
+    res = runner.invoke(app, ["explain", "ppo_clip"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "loss = " in res.output and "eps_low" in res.output
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ESTIMATORS if not n.startswith("_")))
+def test_explain_every_estimator_runs(name):
+    res = runner.invoke(app, ["explain", name], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert ESTIMATORS[name].example is None or "advantage" in res.output
+
+
+def test_explain_unknown_name_suggests():
+    res = runner.invoke(app, ["explain", "ngrpoo"], terminal_width=200)
+    assert res.exit_code == 2
+    assert "unknown method 'ngrpoo'" in res.output
