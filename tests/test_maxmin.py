@@ -79,7 +79,7 @@ def test_em_recovers_two_populations():
     p = torch.sigmoid((x * true[pop[users]]).sum(1))
     win = torch.rand(users.numel(), generator=g, dtype=torch.float64) < p
     d = torch.where(win[:, None], x, -x)  # preferred minus rejected features
-    fit = fit_reward_mixture(d, users, 2, seed=1)
+    fit = fit_reward_mixture(d, users, 2, seed=1, m_steps=40, lr=1.0)
     a = fit.assignment
     assert fit.converged
     # the clustering equals the true populations up to a label swap
