@@ -7,11 +7,12 @@ from grouprl import Rollouts, compute_advantages
 from grouprl.advantages import ESTIMATORS
 from grouprl.losses import run_example
 
-NAMES = ["ngrpo", "canon", "canon_anneal", "canon_cosine", "canon_cosine_r", "canon_random",
+NAMES = ["dapo", "ngrpo", "canon", "canon_anneal", "canon_cosine", "canon_cosine_r", "canon_random",
          "copo", "copo_global", "pshw", "bgae", "maxmin"]
 
 EXPECTED = {  # first row of each example, from the specs' tables
     "ngrpo": 0.7303,  # [1,0,0,1] with one virtual r_max
+    "dapo": 1.5,  # [1,−1,−1,−1]
     "canon": 0.8667,  # Example 2, α = 1.2, λ = 1
     "copo": 0.9933,  # prompt A of the COPO batch
     "pshw": 2.076,  # [1,−1,−1,−1]
@@ -33,7 +34,7 @@ def test_example_runs(name):
         assert out[0, 0].item() == pytest.approx(EXPECTED[name], abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ngrpo_clip", "copo"])
+@pytest.mark.parametrize("name", ["ngrpo_clip", "dapo_clip", "copo"])
 def test_loss_examples_run(name):
     loss, metrics = run_example(name)
     assert torch.isfinite(loss) and "pg_loss" in metrics

@@ -140,3 +140,29 @@ def test_ter_state_round_trip_continues_identically():
     assert a.state_dict() == b.state_dict() and a.steps == 4
     with pytest.raises(ValueError, match="state_dict lacks"):
         b.load_state_dict({"target": 0.5})
+
+
+# ------------------------------------------------------------------------------------ DAPO
+def test_dapo_clip_example_and_equivalence():
+    loss, _ = token_losses("dapo_clip", **_ex("dapo_clip"))
+    assert torch.allclose(loss, torch.tensor([[-1.28, -0.7], [1.5, 0.8]], dtype=loss.dtype), atol=1e-6)
+    g = torch.Generator().manual_seed(3)
+    lp = torch.randn(5, 4, generator=g, dtype=torch.float64) * 0.3
+    adv = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    mask = torch.rand(5, 4, generator=g) > 0.2
+    a, _ = policy_loss("dapo_clip", lp, torch.zeros_like(lp), adv, mask)
+    b, _ = policy_loss("ppo_clip", lp, torch.zeros_like(lp), adv, mask, eps_low=0.2, eps_high=0.28)
+    assert torch.equal(a, b)
+
+
+def test_dapo_loss_aggregation_table():
+    # o1: A = +1, 2 tokens; o2: A = −1, 4 tokens; ρ = 1 so the per-token loss is −A
+    lp = torch.zeros(2, 4, dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    tm, _ = policy_loss("dapo_clip", lp, lp, adv, mask, agg="token-mean")
+    sm, _ = policy_loss("dapo_clip", lp, lp, adv, mask, agg="seq-mean-token-mean")
+    dr, _ = policy_loss("dapo_clip", lp, lp, adv, mask, agg="seq-mean-token-sum-norm", norm_const=8)
+    assert tm.item() == pytest.approx(1 / 3, abs=1e-4)
+    assert sm.item() == pytest.approx(0.0, abs=1e-12)
+    assert dr.item() == pytest.approx(0.125, abs=1e-4)
