@@ -79,3 +79,10 @@ def test_bad_k():
     b = Rollouts(rewards=[1.0, 0.0], group=[0, 0], mask=torch.ones(2, 1))
     with pytest.raises(ValueError, match="k="):
         compute_advantages("ngrpo", b, k=-1)
+
+
+def test_reward_above_rmax_raises():
+    b = Rollouts(rewards=[2.0, 0.0], group=[0, 0], mask=torch.ones(2, 1))
+    with pytest.raises(ValueError, match="row 0 has reward 2 > r_max=1"):
+        compute_advantages("ngrpo", b)
+    assert torch.isfinite(compute_advantages("ngrpo", b, r_max=2.0)).all()

@@ -62,13 +62,22 @@ def ngrpo(
     An all-wrong group now gets a uniform negative advantage (e.g. [0,0,0,0] → −0.4472 each); an
     all-correct group still gets exactly 0 (σ' = 0); mixed groups get shrunk positive and enlarged
     negative advantages. ``k = 0`` is GRPO. ``r_max`` is the task's maximum reward (1.0 for a 0/1
-    verifier; +1 for ±1 rewards is the spec's *proposed reading*). A group of one: 0 by default;
+    verifier; +1 for ±1 rewards is the spec's *proposed reading*); a reward above it raises.
+    A group of one: 0 by default;
     ``singleton="raw"`` gives A = r, the reference code's behaviour (it skips the virtual sample
     for size-1 groups, so verl's mean 0 / std 1 quirk applies).
     """
     if k < 0 or int(k) != k:
         raise ValueError(f"ngrpo: k={k!r}; pass a non-negative integer number of virtual samples.")
     k = int(k)
+    if k > 0:
+        over = batch.rewards.to(torch.float64) > r_max + 1e-6 * max(1.0, abs(r_max))
+        if bool(over.any()):
+            i = int(over.nonzero()[0, 0])
+            raise ValueError(
+                f"ngrpo: row {i} has reward {batch.rewards[i].item():g} > r_max={r_max:g}; pass "
+                "r_max= the task's maximum reward (the virtual samples must be the best possible)."
+            )
     st = group_stats(batch.rewards, batch.group, batch.num_groups, ddof=ddof)
     mean, std, constant = calibrated_stats(st, batch.rewards, r_max=float(r_max), k=k)
     adv = (batch.rewards.to(torch.float64) - st.rows(mean)) / (st.rows(std) + eps)
