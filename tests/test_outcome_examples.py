@@ -38,3 +38,31 @@ def test_example_runs(name):
 def test_loss_examples_run(name):
     loss, metrics = run_example(name)
     assert torch.isfinite(loss) and "pg_loss" in metrics
+
+
+def _degenerate_batch():
+    # group 0: identical rewards; group 1: one row; group 2: mixed with an all-masked row; group 3: mixed
+    rewards = [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    group = [0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 3]
+    mask = torch.ones(11, 3, dtype=torch.bool)
+    mask[5] = False
+    mask[7, 1:] = False
+    return Rollouts(
+        rewards=rewards, group=group, mask=mask,
+        metric=torch.linspace(0.1, 1.1, 11), entropy=torch.rand(11, 3, generator=torch.Generator().manual_seed(0)),
+        answer=[1, 1, 1, 2, 3, 4, 3, 3, 5, 6, 5],
+        reward_components=torch.tensor(rewards)[:, None].repeat(1, 2),
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_degenerate_cases_never_nan(name):
+    b = _degenerate_batch()
+    out = compute_advantages(name, b)
+    assert torch.isfinite(out).all()
+    assert out[5].abs().sum() == 0 and out[7, 1:].abs().sum() == 0  # masked tokens exactly 0
+    if name not in ("copo", "copo_global"):  # COPO's global advantage is cross-prompt by design
+        assert out[3].abs().sum() == 0  # group of one: 0 by default
+        assert out[:3].abs().sum() == 0  # identical rewards -> 0 (CANON α = 1)
+    one = b.select(torch.tensor([4, 5, 6, 7]))  # a one-prompt batch
+    assert torch.isfinite(compute_advantages(name, one)).all()
