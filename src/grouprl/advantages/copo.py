@@ -59,10 +59,11 @@ _EXAMPLE = {
 def answer_entropy(answer: Tensor, ids: Tensor, num_groups: int) -> Tensor:
     """H_q = −Σ_a p_a·log₂ p_a per group, float64 (num_groups,); p_a = share of the group's rows
     whose answer id is a. 0 when all answers agree, log₂ n when all differ."""
-    pairs = torch.stack([ids, answer.to(ids.device)], dim=1)
-    uniq, pair = torch.unique(pairs, dim=0, return_inverse=True)
-    pair_count = torch.bincount(pair, minlength=uniq.shape[0]).to(torch.float64)
-    pair_group = uniq[:, 0]
+    a_uniq, a = torch.unique(answer.to(ids.device), return_inverse=True)  # dense answer ids
+    key = ids * a_uniq.numel() + a  # one int64 per (group, answer) pair; < B² so no overflow
+    uniq, pair = torch.unique(key, return_inverse=True)
+    pair_count = torch.bincount(pair, minlength=uniq.numel()).to(torch.float64)
+    pair_group = torch.div(uniq, a_uniq.numel(), rounding_mode="floor")
     n = torch.bincount(ids, minlength=num_groups).to(torch.float64)
     p = pair_count / n[pair_group]
     return torch.zeros(num_groups, dtype=torch.float64, device=ids.device).index_add_(
