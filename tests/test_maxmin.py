@@ -33,6 +33,8 @@ def test_policy_step_example():
     vec, u, means = worst_group(r)
     assert u == 1 and torch.equal(vec, r[:, 1])
     assert torch.allclose(means, torch.tensor([0.75, 0.25], dtype=torch.float64))
+    vec2, u2, _ = worst_group([r[:, 0], r[:, 1]])  # one reward vector per reward function
+    assert u2 == 1 and torch.equal(vec2, r[:, 1])
     b = Rollouts(rewards=[0.0] * 4, group=[0] * 4, mask=torch.ones(4, 2), reward_components=r)
     a = compute_advantages("maxmin", b)
     ref = compute_advantages("grpo", b.replace(rewards=r[:, 1]))

@@ -23,7 +23,7 @@ NORMALIZE = ("none", "zscore")
 
 
 def worst_group(
-    rewards: Tensor,
+    rewards: Tensor | Sequence[Tensor],
     *,
     normalize: str = "none",
     ref_mean: Sequence[float] | Tensor | None = None,
@@ -32,13 +32,18 @@ def worst_group(
 ) -> tuple[Tensor, int, Tensor]:
     """The egalitarian selection: (reward vector (B,) of the worst-off group, its index, means (K,)).
 
-    ``rewards``: (B, K), column u = the batch's rewards under group u's reward model. Ties go to
+    ``rewards``: (B, K), column u = the batch's rewards under group u's reward model (or a list
+    of K reward vectors (B,), one per reward function). Ties go to
     the lowest index. ``normalize="zscore"`` (*proposed reading*, the paper's scale handling is
     not available) compares means after z-scoring each column with ``ref_mean``/``ref_std`` (e.g.
     statistics of each reward model on a reference batch; default: this batch's column mean and
     std, under which every mean is 0 and the lowest index wins, so pass reference statistics).
     The returned vector is the *raw* column.
     """
+    if isinstance(rewards, (list, tuple)):
+        if not rewards:
+            raise ValueError("maxmin: got no reward vectors; pass one (B,) reward vector per user group.")
+        rewards = torch.stack([torch.as_tensor(x) for x in rewards], dim=1)
     if rewards.dim() != 2 or rewards.shape[1] < 1:
         raise ValueError(f"maxmin: rewards must be (B, K) with K >= 1, got {tuple(rewards.shape)}.")
     if normalize not in NORMALIZE:
