@@ -115,7 +115,8 @@ def blend_weight(
     1[r_i ≠ 0] (wrong responses use the global loss only; the release default),
     ``soft-with-forced`` 1[A^loc_i ≠ 0] (homogeneous groups use the global loss only); the
     ``only-zero`` / ``only-forced`` modes use the masks alone; ``only-global`` w = 0;
-    ``no-global`` w = 1; ``only-soft`` and ``only-soft-with-coef`` w_q.
+    ``no-global`` w = 1; ``only-soft`` and ``only-soft-with-coef`` w_q. The masks test r ≠ 0
+    literally, as the code does (0/1 rewards); with ±1 rewards every row counts as "right".
     """
     if mode not in BLEND_MODES:
         raise ValueError(f"copo: mode={mode!r}; choose one of {BLEND_MODES}")
