@@ -45,7 +45,8 @@ def clipped_surrogate(
     loss = torch.maximum(pg1, pg2)
     low = (advantages < 0) & (ratio < 1.0 - eps_low)
     high = (advantages > 0) & (ratio > 1.0 + eps_high)
-    metrics = {"clipfrac": (low | high).to(ratio.dtype), "clipfrac_low": low.to(ratio.dtype), "clipfrac_high": high.to(ratio.dtype)}
+    dt = ratio.dtype
+    metrics = {"clipfrac": (low | high).to(dt), "clipfrac_low": low.to(dt), "clipfrac_high": high.to(dt)}
     if clip_ratio_c is not None:
         if clip_ratio_c <= 1.0:
             raise ValueError(f"clip_ratio_c must be > 1 (verl uses 3.0), got {clip_ratio_c}")

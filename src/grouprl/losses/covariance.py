@@ -46,7 +46,7 @@ def _rank(keys: Tensor, descending: bool) -> Tensor:
 
 
 def _budget(mask: Tensor, ratio: float) -> Tensor:
-    """k = max(1, ⌊ratio · #valid tokens⌋) as a 0-d tensor (verl's count, without .item())."""
+    """k = max(1, ⌊ratio · #valid tokens⌋) as a 0-d tensor (verl's count, without a Tensor.item sync)."""
     return torch.floor(mask.sum().to(torch.float64) * ratio).clamp_min(1.0)
 
 
@@ -141,7 +141,7 @@ def clip_cov(
     """Clip-Cov: the PPO clipped loss, with the selected high-covariance tokens detached.
 
     ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high)) on every token, and ℓ = 0 (no gradient) on the
-    ``clip_cov_select`` tokens (paper eq. 9; verl defaults ratio 2e-4, bounds (1, 5)). Pass
+    ``clip_cov_select`` tokens (verl defaults ratio 2e-4, bounds (1, 5)). Pass
     ``selected`` (computed on the full batch) for micro-batch invariance. Extra metric ``covfrac``:
     the fraction of valid tokens selected.
     """
@@ -182,7 +182,7 @@ def kl_cov(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """KL-Cov: the unclipped surrogate plus a |log ratio| penalty on the top-covariance tokens.
 
-    ℓ = −A·ρ + β·|log ρ|·[token selected] (paper eq. 10), β = ``ppo_kl_coef`` (verl 0.1), selection
+    ℓ = −A·ρ + β·|log ρ|·[token selected], β = ``ppo_kl_coef`` (verl 0.1), selection
     by ``kl_cov_select`` (top ``kl_cov_ratio`` of the valid tokens by covariance). No clipping.
     Pass ``selected`` (computed on the full batch) for micro-batch invariance. Extra metric
     ``covfrac``: the fraction of valid tokens selected.

@@ -14,7 +14,7 @@ normalisers it is given, and adds the KL and entropy terms.
 
 All metrics are 0-d detached tensors normalised by the same global counts as the loss, so the
 metrics of the micro-batches of one mini-batch SUM to the full-batch metric. Nothing calls
-``.item()``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
+``Tensor.item``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ def policy_loss(
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     rollout_is_weights: Tensor | None = None,
+    dp_size: int = 1,
     respect_agg: bool = False,
     validate: bool = True,
     **hparams: Any,
@@ -194,8 +195,9 @@ def policy_loss(
       (``None``: the padded width T, with a warning).
     - A loss registered with its own ``agg`` (``sapo``, ``gspo``) uses it for the policy-gradient
       term unless ``respect_agg=True``; the KL and entropy terms always use ``agg``. A
-      sequence-level loss (``gmpo``) is a mean over valid rows; its IS weight is the row's mean
-      weight.
+      sequence-level loss (``gmpo``) is a mean over valid rows; its IS weight is the geometric
+      mean of the row's token weights, as verl.
+    - ``dp_size``: the number of data-parallel ranks; multiplies the loss (see ``aggregate``).
     - ``**hparams`` go to the loss (unknown ones: TypeError with close matches).
 
     Metrics (0-d, detached): ``pg_loss``, ``clipfrac``, ``clipfrac_low``, ``clipfrac_high``,
@@ -208,16 +210,17 @@ def policy_loss(
     check_agg(agg)
     lp, old, adv, m, zero = _prepare(logprobs, old_logprobs, advantages, mask, validate)
     if agg == "seq-mean-token-sum-norm" or info.agg == "seq-mean-token-sum-norm":
-        norm_const = _norm_const(norm_const, m, lp)  # warns once here if None
-    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
+        norm_const = _norm_const(norm_const, m)  # warns once, here, if None
+    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const, dp_size=dp_size)
 
     out, raw_metrics = info.fn(lp, old, adv, m, **hparams)
     if rollout_is_weights is not None:
         w = torch.where(m, _as_float(rollout_is_weights, lp, "rollout_is_weights", tuple(lp.shape)), zero)
         if out.dim() == 2:
             out = out * w.detach()
-        else:
-            out = out * (w.sum(dim=1) / m.sum(dim=1).clamp_min(1)).detach()
+        else:  # one weight per row: the geometric mean of its token weights (verl's geo_mean)
+            log_w = torch.where(m, torch.log(w.clamp_min(1e-10)), zero)
+            out = out * torch.exp(log_w.sum(dim=1) / m.sum(dim=1).clamp_min(1)).detach()
     pg_agg = info.agg if (info.agg is not None and not respect_agg) else agg
     pg_loss = aggregate(out, m, pg_agg, **norms)
     loss = pg_loss
@@ -268,9 +271,10 @@ def example_inputs(name: str, dtype: torch.dtype = torch.float64) -> dict[str, A
         "old_logprobs": torch.tensor(ex["old_logprobs"], dtype=dtype),
         "advantages": torch.tensor(ex["advantages"], dtype=dtype),
     }
-    out["mask"] = (
-        torch.tensor(ex["mask"], dtype=torch.bool) if "mask" in ex else torch.ones_like(out["old_logprobs"], dtype=torch.bool)
-    )
+    if "mask" in ex:
+        out["mask"] = torch.tensor(ex["mask"], dtype=torch.bool)
+    else:
+        out["mask"] = torch.ones_like(out["old_logprobs"], dtype=torch.bool)
     out["kwargs"] = dict(ex.get("kwargs", {}))
     return out
 

@@ -21,7 +21,9 @@ __all__ = ["gpg", "dro"]
         "kwargs": {},
     },
 )
-def gpg(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def gpg(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
     """GPG: the plain policy-gradient surrogate, no ratio and no clip.
 
     ℓ = −A·log π_θ, so ∂ℓ/∂log π_θ = −A. GPG's other change — the advantage rescaled by
@@ -57,6 +59,8 @@ def dro(
     ``beta`` has no default, as in verl (``dro_beta`` must be set > 0).
     """
     if beta is None or beta <= 0:
-        raise ValueError(f"dro needs beta > 0 (the strength of the squared log-ratio penalty, e.g. beta=0.1); got beta={beta}")
+        raise ValueError(
+            f"dro needs beta > 0 (the strength of the squared log-ratio penalty, e.g. beta=0.1); got beta={beta}"
+        )
     d = logprobs - old_logprobs
     return -(advantages * logprobs - 0.5 * beta * d.square()), {}
