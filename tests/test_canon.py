@@ -128,7 +128,7 @@ def test_group_of_one_and_one_prompt():
 def test_rank_split_odd_and_ties():
     key = torch.tensor([0.5, 0.5, 0.5, 0.1, 0.9], dtype=torch.float64)
     ids = torch.tensor([0, 0, 0, 1, 1])
-    high, _ = rank_split(key, ids, 2)
+    high = rank_split(key, ids, 2)
     assert high.tolist() == [False, True, True, False, True]
 
 
@@ -175,3 +175,13 @@ def test_bad_inputs():
         adv("canon", [1, 0], [0.1, 0.2], condition="entropyy")
     with pytest.raises(ValueError, match="norm"):
         adv("canon", [1, 0], [0.1, 0.2], norm=0)
+
+
+def test_constant_group_exact_zero_with_unrounded_means():
+    # three 0.7's: the float mean 2.1/3 is not exactly 0.7; α = 1, β = 0 must still give exactly 0
+    for name, kw in [("canon", {"lam": 1.0}), ("canon", {"lam": 0.3}), ("canon_random", {}), ("canon_anneal", {})]:
+        a = adv(name, [0.7] * 7, [0.1, 0.5, 0.3, 0.2, 0.9, 0.4, 0.6], **kw)
+        assert torch.equal(a, torch.zeros(7)), name
+    # α ≠ 1 on a constant group: A = λ·((1 − α)·r + β) high, λ·((α − 1)·r − β) low, exactly
+    a = adv("canon", [0.7] * 4, [0.1, 0.2, 0.3, 0.4], alpha=1.5, beta=0.1, lam=0.5)
+    assert torch.allclose(a, torch.tensor([0.5 * (0.35 - 0.1)] * 2 + [0.5 * (-0.35 + 0.1)] * 2), atol=1e-6)

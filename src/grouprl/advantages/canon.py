@@ -75,12 +75,11 @@ def canon_metric(batch: Rollouts, condition: str) -> Tensor:
     return m
 
 
-def rank_split(key: Tensor, ids: Tensor, num_groups: int) -> tuple[Tensor, GroupStats]:
-    """Rank split of every group by ``key``: True for rows in the high half C⁺.
+def rank_split(key: Tensor, ids: Tensor, num_groups: int) -> Tensor:
+    """Rank split of every group by ``key``: True for rows in the high half C⁺ (bool (B,)).
 
     Rows are stable-sorted by (group, key), ties kept in row order; the first ⌊G/2⌋ of each group
-    form C⁻, the other G − ⌊G/2⌋ (one more for odd G) form C⁺. Returns (high (B,) bool, stats of
-    the group sizes).
+    form C⁻, the other G − ⌊G/2⌋ (one more for odd G) form C⁺.
     """
     order = torch.sort(key, stable=True).indices
     order = order[torch.sort(ids[order], stable=True).indices]
@@ -88,16 +87,22 @@ def rank_split(key: Tensor, ids: Tensor, num_groups: int) -> tuple[Tensor, Group
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(ids)
     rank[order] = torch.arange(ids.numel(), device=ids.device) - starts[ids[order]]
-    high = rank >= torch.div(counts, 2, rounding_mode="floor")[ids]
-    return high, group_stats(torch.zeros_like(key), ids, num_groups)
+    return rank >= torch.div(counts, 2, rounding_mode="floor")[ids]
 
 
-def _half_means(rewards: Tensor, ids: Tensor, num_groups: int, high: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row μ⁺ and μ⁻ (mean reward of the group's high / low half; 0 for an empty half)."""
+def _half_means(batch: Rollouts, high: Tensor) -> tuple[Tensor, Tensor, GroupStats]:
+    """Per-row μ⁺ and μ⁻ (mean reward of the group's high / low half; 0 for an empty half) and the
+    group statistics of the rewards. On a constant group μ⁺ = μ⁻ = r exactly, so α = 1, β = 0
+    gives an exact 0 there whatever rounding the half means carry."""
+    ids, ng = batch.group, batch.num_groups
     half = 2 * ids + high.to(torch.int64)
-    st = group_stats(rewards, half, 2 * num_groups)
-    mu_low, mu_high = st.mean[0::2], st.mean[1::2]
-    return mu_high[ids], mu_low[ids]
+    hs = group_stats(batch.rewards, half, 2 * ng)
+    st = group_stats(batch.rewards, ids, ng)
+    r = batch.rewards.to(torch.float64)
+    const = st.rows(st.constant)
+    mu_high = torch.where(const, r, hs.mean[1::2][ids])
+    mu_low = torch.where(const, r, hs.mean[0::2][ids])
+    return mu_high, mu_low, st
 
 
 def _canon_core(
@@ -114,8 +119,8 @@ def _canon_core(
     if norm <= 0:
         raise ValueError(f"{who}: norm={norm!r}; pass a positive normaliser Z (1, or max_response_length).")
     metric = canon_metric(batch, condition)
-    high, st = rank_split(metric, batch.group, batch.num_groups)
-    mu_high, mu_low = _half_means(batch.rewards, batch.group, batch.num_groups, high)
+    high = rank_split(metric, batch.group, batch.num_groups)
+    mu_high, mu_low, st = _half_means(batch, high)
     r = batch.rewards.to(torch.float64)
     if condition == "entropy":  # α > 1 favours high entropy
         inter = torch.where(high, r - alpha * mu_low + beta, alpha * r - mu_high - beta)
@@ -299,8 +304,8 @@ def canon_random(
     else:
         g = torch.Generator().manual_seed(int(seed))
         key = torch.rand(B, generator=g, dtype=torch.float64).to(batch.device)
-    high, st = rank_split(key, batch.group, batch.num_groups)
-    mu_high, mu_low = _half_means(batch.rewards, batch.group, batch.num_groups, high)
+    high = rank_split(key, batch.group, batch.num_groups)
+    mu_high, mu_low, st = _half_means(batch, high)
     r = batch.rewards.to(torch.float64)
     adv = (r - torch.where(high, mu_low, mu_high)) / norm
     return apply_singleton(adv, st, r / norm, singleton, "canon_random")
