@@ -32,7 +32,7 @@ def exact_flags(batch: Rollouts, success_reward: float = 1.0) -> Tensor:
 
 
 def _ratio(top: Tensor, bottom: Tensor, K: Tensor, kmax: int) -> Tensor:
-    """C(top, K)/C(bottom, K) = Π_{j<K} (top − j)/(bottom − j), exactly, per group (float64).
+    """C(top, K)/C(bottom, K) = Π_{j<K} (top − j)/(bottom − j) per group, float64, no factorials.
 
     0 when top < K (a factor is 0). Columns j ≥ K are 1."""
     j = torch.arange(kmax, dtype=torch.float64, device=top.device)
