@@ -131,6 +131,13 @@ HPARAMS = {
     "dro": {"beta": 0.3},
     "clip_cov": {"clip_cov_lb": 0.0, "clip_cov_ub": 5.0},
     "kl_cov": {"ppo_kl_coef": 0.5},
+    # outcome-methods branch: presets and COPO's blend (per-row tensors are sliced in run())
+    "ngrpo_clip": {},
+    "dapo_clip": {},
+    "copo": {
+        "global_advantages": torch.linspace(-1.0, 1.0, B, dtype=torch.float64),
+        "blend_weight": torch.linspace(0.1, 0.9, B, dtype=torch.float64),
+    },
 }
 
 
@@ -177,7 +184,7 @@ def test_micro_batch_invariance(name, agg):
 
     def run(lp, ent, rows):
         a, b = rows
-        kw = dict(HPARAMS[name])
+        kw = {k: (v[a:b] if isinstance(v, torch.Tensor) else v) for k, v in HPARAMS[name].items()}
         if sel is not None:
             kw["selected"] = sel[a:b]
         return policy_loss(
