@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..core import Rollouts, masked_whiten
-from ._returns import check_discount, gae_returns, masked_returns, place_token_rewards
+from ..core import Rollouts
+from ._returns import check_discount, discounted_advantages
 from .registry import estimator
 
 __all__ = ["gae", "gae_with_returns", "reinforce_pp"]
@@ -28,10 +28,17 @@ def gae_with_returns(
         raise ValueError("gae: the batch has no values; build Rollouts with values=... (B, T) from the critic.")
     gamma = check_discount("gamma", gamma, "gae")
     lam = check_discount("lam", lam, "gae")
-    adv, ret = gae_returns(place_token_rewards(batch), batch.values, batch.mask, gamma, lam)
-    if whiten:
-        adv = masked_whiten(adv, batch.mask)
+    adv, ret = discounted_advantages(
+        batch.mask, gamma=gamma, lam=lam, values=batch.values, whiten=whiten, with_returns=True, **_rewards(batch)
+    )
+    assert ret is not None
     return adv, ret
+
+
+def _rewards(batch: Rollouts) -> dict:
+    if batch.token_rewards is not None:
+        return {"token_rewards": batch.token_rewards}
+    return {"rewards": batch.rewards}
 
 
 @estimator(
@@ -59,7 +66,11 @@ def gae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 1.0, whiten: bool =
     skip). Defaults γ = λ = 1 as verl's ``AlgoConfig``. The critic targets (A + V before whitening)
     come from ``gae_with_returns``. The group labels are not used.
     """
-    return gae_with_returns(batch, gamma=gamma, lam=lam, whiten=whiten)[0]
+    if batch.values is None:
+        raise ValueError("gae: the batch has no values; build Rollouts with values=... (B, T) from the critic.")
+    gamma = check_discount("gamma", gamma, "gae")
+    lam = check_discount("lam", lam, "gae")
+    return discounted_advantages(batch.mask, gamma=gamma, lam=lam, values=batch.values, whiten=whiten, **_rewards(batch))[0]
 
 
 @estimator(
@@ -83,5 +94,4 @@ def reinforce_pp(batch: Rollouts, *, gamma: float = 1.0, whiten: bool = True) ->
     verl they include the in-reward KL penalty, which the caller adds to ``token_rewards``.
     """
     gamma = check_discount("gamma", gamma, "reinforce_pp")
-    g = masked_returns(place_token_rewards(batch), batch.mask, gamma)
-    return masked_whiten(g, batch.mask) if whiten else g
+    return discounted_advantages(batch.mask, gamma=gamma, whiten=whiten, **_rewards(batch))[0]
