@@ -383,3 +383,21 @@ def test_row_blocks_do_not_change_the_result(gaps):
     many_adv, many_ret = discounted_advantages(b.mask, block_elems=40 * 3, **kw)  # 3 rows a block
     assert torch.allclose(one_adv, many_adv, atol=1e-6)
     assert torch.allclose(one_ret, many_ret, atol=1e-6)
+
+
+def test_mask_helpers():
+    from grouprl.advantages._masks import Compaction, row_lengths
+
+    gen = torch.Generator().manual_seed(0)
+    m = torch.rand(37, 11, generator=gen) < 0.6
+    assert torch.equal(row_lengths(m, block_elems=11 * 4), m.sum(1))
+    right = torch.arange(11) < torch.randint(0, 12, (37,), generator=gen).unsqueeze(1)
+    assert Compaction.of(right).right_padded
+    assert not Compaction.of(right | (torch.arange(11) == 10)).right_padded or bool(right[:, -1].all())
+    c = Compaction.of(m)
+    x = torch.randn(37, 11, generator=gen)
+    packed = c.pack(x)
+    for i in range(37):  # each row's trained tokens, in order, then zeros
+        n = int(m[i].sum())
+        assert torch.equal(packed[i, :n], x[i][m[i]]) and bool((packed[i, n:] == 0).all())
+    assert torch.equal(c.unpack(packed), x * m)
