@@ -38,7 +38,7 @@ def place_token_rewards(batch: Rollouts) -> Tensor:
     a row without trained tokens gets none."""
     mask = batch.mask
     if batch.token_rewards is not None:
-        return batch.token_rewards * mask
+        return batch.token_rewards * float_mask(mask)
     B, T = mask.shape
     out = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
     last = (T - 1) - mask.flip(1).to(torch.uint8).argmax(dim=1)
@@ -51,7 +51,7 @@ _BLOCK_ELEMS = 1 << 18  # rows are processed in blocks of about this many tokens
 
 
 def _suffix_matrix(d: float, n: int, sign: float, dtype, device) -> Tensor:
-    """M[s, t] = sign · d^(s − t) for s >= t, else 0, so that (x @ M)[t] = sign · Σ_{s≥t} d^(s−t) x_s."""
+    """M[s, t] = sign·d^(s − t) for s >= t, else 0: (x @ M)[t] = sign·Σ_{s≥t} d^(s−t) x_s."""
     i = torch.arange(n, dtype=torch.float64)
     e = i.unsqueeze(1) - i.unsqueeze(0)
     m = torch.where(e >= 0, sign * d ** e.clamp_min(0), torch.zeros((), dtype=torch.float64))
@@ -176,8 +176,8 @@ def discounted_advantages(
         mu_f = float(mu)
         for lo in range(0, B, step):
             sl = slice(lo, min(B, lo + step))
-            blk = out[sl]
-            blk.sub_(mu_f).mul_(scale).mul_(float_mask(mask[sl]))
+            # a − μ on trained tokens (a is 0 elsewhere, and so is μ·w), then the scale
+            out[sl].sub_(float_mask(mask[sl]), alpha=mu_f).mul_(scale)
     return out, ret_out
 
 

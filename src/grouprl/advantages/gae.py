@@ -24,13 +24,7 @@ def gae_with_returns(
     Returns ``(advantages, returns)`` with returns = A + V computed *before* whitening (verl's
     ``compute_gae_advantage_return``); ``advantages`` are whitened unless ``whiten=False``.
     """
-    if batch.values is None:
-        raise ValueError("gae: the batch has no values; build Rollouts with values=... (B, T) from the critic.")
-    gamma = check_discount("gamma", gamma, "gae")
-    lam = check_discount("lam", lam, "gae")
-    adv, ret = discounted_advantages(
-        batch.mask, gamma=gamma, lam=lam, values=batch.values, whiten=whiten, with_returns=True, **_rewards(batch)
-    )
+    adv, ret = _gae(batch, gamma, lam, whiten, with_returns=True)
     assert ret is not None
     return adv, ret
 
@@ -41,10 +35,29 @@ def _rewards(batch: Rollouts) -> dict:
     return {"rewards": batch.rewards}
 
 
+def _gae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns: bool):
+    if batch.values is None:
+        raise ValueError(
+            "gae: the batch has no values; build Rollouts with values=... (B, T) from the critic."
+        )
+    gamma = check_discount("gamma", gamma, "gae")
+    lam = check_discount("lam", lam, "gae")
+    return discounted_advantages(
+        batch.mask,
+        gamma=gamma,
+        lam=lam,
+        values=batch.values,
+        whiten=whiten,
+        with_returns=with_returns,
+        **_rewards(batch),
+    )
+
+
 @estimator(
     "gae",
     needs=("rewards", "group", "mask", "values"),
-    paper="High-Dimensional Continuous Control Using Generalized Advantage Estimation, arXiv:1506.02438",
+    paper="High-Dimensional Continuous Control Using Generalized Advantage Estimation, "
+    "arXiv:1506.02438",
     level="token",
     example={
         "rewards": [1.0, 0.0],
@@ -66,11 +79,7 @@ def gae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 1.0, whiten: bool =
     skip). Defaults γ = λ = 1 as verl's ``AlgoConfig``. The critic targets (A + V before whitening)
     come from ``gae_with_returns``. The group labels are not used.
     """
-    if batch.values is None:
-        raise ValueError("gae: the batch has no values; build Rollouts with values=... (B, T) from the critic.")
-    gamma = check_discount("gamma", gamma, "gae")
-    lam = check_discount("lam", lam, "gae")
-    return discounted_advantages(batch.mask, gamma=gamma, lam=lam, values=batch.values, whiten=whiten, **_rewards(batch))[0]
+    return _gae(batch, gamma, lam, whiten, with_returns=False)[0]
 
 
 @estimator(
