@@ -401,3 +401,17 @@ def test_mask_helpers():
         n = int(m[i].sum())
         assert torch.equal(packed[i, :n], x[i][m[i]]) and bool((packed[i, n:] == 0).all())
     assert torch.equal(c.unpack(packed), x * m)
+
+
+@pytest.mark.parametrize("T", [150, 1100])
+@pytest.mark.parametrize("gaps", [False, True])
+def test_gae_and_reinforce_pp_long_responses(T, gaps):
+    """Long rows exercise the chunked scan (T > 32) and its recursion (T > 32 * 32)."""
+    d = random_batch(T, gaps=gaps, T=T, max_group=3)
+    b = build(d)
+    tr = ref.token_rewards_of(d["rewards"], d["mask"])
+    exp_adv, exp_ret = ref.gae(tr, d["values"], d["mask"], 0.99, 0.95)
+    adv, ret = gae_with_returns(b, gamma=0.99, lam=0.95)
+    close(adv, exp_adv, atol=5e-5)
+    close(ret, exp_ret, atol=5e-5)
+    close(compute_advantages("reinforce_pp", b, gamma=0.999, whiten=False), ref.reinforce_pp(tr, d["mask"], 0.999, False), atol=5e-5)

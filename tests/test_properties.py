@@ -9,7 +9,10 @@ from hypothesis import strategies as st
 from grouprl import Rollouts, compute_advantages
 from grouprl.advantages import ESTIMATORS
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples every run (a CI without flakes); max_examples keeps it fast.
+SETTINGS = settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 T = 6
 
 # Dyadic rewards (k/4) keep shifts and scalings exact in floating point.

@@ -104,8 +104,9 @@ def test_grpo_passk_without_singletons(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("gaps", [False, True])
 @pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.99, 0.95), (0.9, 0.5)])
-def test_gae(seed, gaps, gamma, lam):
-    d = ragged(seed, gaps=gaps)
+@pytest.mark.parametrize("T", [12, 300])
+def test_gae(seed, gaps, gamma, lam, T):
+    d = ragged(seed, gaps=gaps, T=T)
     b = ours(d, values=d.values)
     adv_v, ret_v = core_algos.compute_gae_advantage_return(d.tlr, d.values, d.mask, gamma, lam)
     adv, ret = gae_with_returns(b, gamma=gamma, lam=lam)
