@@ -153,10 +153,12 @@ def _finish(out: Tensor, batch: Rollouts, who: str) -> Tensor:
             f"{tuple(batch.mask.shape)}"
         )
     out = out.to(torch.float32)
-    if not bool(torch.isfinite(out).all()):
-        r = int((~torch.isfinite(out)).any(dim=1).nonzero()[0, 0])
-        raise FloatingPointError(f"estimator {who!r} produced a non-finite advantage at row {r}.")
-    return out * batch.mask
+    if not bool(torch.isfinite(out.sum())):  # a finite sum implies finite entries: one cheap pass
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            r = int(bad.any(dim=1).nonzero()[0, 0])
+            raise FloatingPointError(f"estimator {who!r} produced a non-finite advantage at row {r}.")
+    return torch.where(batch.mask, out, 0.0)
 
 
 class Estimator:
@@ -214,7 +216,7 @@ class Estimator:
             total = out if total is None else total + out
         assert total is not None
         for name, kwargs in self.transforms:
-            total = TRANSFORMS[name](total, batch, **kwargs) * batch.mask
+            total = torch.where(batch.mask, TRANSFORMS[name](total, batch, **kwargs), 0.0)
         return total
 
 

@@ -28,14 +28,16 @@ def list_methods() -> None:
 
     console = Console()
     t = Table(title=f"Advantage estimators ({len(ESTIMATORS)})", show_lines=False)
-    for col in ("name", "level", "paper", "batch fields needed"):
+    t.add_column("name", no_wrap=True)
+    for col in ("level", "paper", "batch fields needed"):
         t.add_column(col)
     for name, info in ESTIMATORS.items():
         if not name.startswith("_"):
             t.add_row(name, info.level, info.paper, ", ".join(info.needs))
     console.print(t)
     t = Table(title=f"Policy losses ({len(LOSSES)})")
-    for col in ("name", "level", "paper"):
+    t.add_column("name", no_wrap=True)
+    for col in ("level", "paper"):
         t.add_column(col)
     for name, info in LOSSES.items():
         t.add_row(name, info.level, info.paper)

@@ -15,7 +15,8 @@ def broadcast(per_row: Tensor, mask: Tensor) -> Tensor:
 
     One write of the output: this is the memory floor of every outcome-level estimator.
     """
-    return per_row.to(torch.float32).unsqueeze(1) * mask
+    # torch.where avoids the bool -> float conversion of the mask that ``x * mask`` pays on CPU
+    return torch.where(mask, per_row.to(torch.float32).unsqueeze(1), 0.0)
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
