@@ -165,3 +165,31 @@ def test_expression_and_bad_arguments():
         resolve_estimator("grpo", {"epss": 1e-4})
     with pytest.raises(ValueError, match="group_by"):
         GroupRLGRPOTrainer(model=None, group_by="rows")
+
+
+def test_grouprl_loss_reproduces_trl_dapo_over_two_steps(tmp_path):
+    # grouprl's PPO-clip with token-mean over the generation batch is TRL's default "dapo" loss:
+    # the same logged losses, the same update, hence the same second-step advantages.
+    ref = run(tmp_path, RecTRL)
+    ours = run(
+        tmp_path,
+        RecGroupRL,
+        estimator_hparams={"eps": 1e-4},
+        loss="ppo_clip",
+        loss_hparams={"eps_low": 0.2, "eps_high": 0.2},
+    )
+    ref_loss = [h["loss"] for h in ref.state.log_history if "loss" in h]
+    our_loss = [h["loss"] for h in ours.state.log_history if "loss" in h]
+    assert len(our_loss) == 2
+    torch.testing.assert_close(torch.tensor(our_loss), torch.tensor(ref_loss), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.rec[1]["advantages"], ref.rec[1]["advantages"], atol=1e-5, rtol=0)
+    assert any("grouprl/clipfrac" in h for h in ours.state.log_history)
+    assert any(abs(x) > 1e-4 for x in ref_loss)
+
+
+def test_grouprl_loss_with_sequence_aggregation_runs(tmp_path):
+    tr = run(tmp_path, RecGroupRL, estimator="dr_grpo", loss="gspo", loss_agg="seq-mean-token-mean")
+    losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    with pytest.raises(KeyError):
+        GroupRLGRPOTrainer(model=None, loss="ppo_clipp")

@@ -344,31 +344,31 @@ def register_estimators(prefix: str = PREFIX) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- losses
-# verl ActorConfig field -> grouprl loss hyperparameter, used when the loss accepts that name and
-# neither the explicit hparams nor GROUPRL_VERL_LOSS_HPARAMS set it.
+# verl ActorConfig field (dotted path) -> grouprl loss hyperparameter, used when the loss takes that
+# name and neither $GROUPRL_VERL_LOSS_HPARAMS nor explicit hparams set it. verl's own losses read the
+# same fields (vanilla/gspo/cispo: clip ratios, dual clip; sapo: tau; dro, clip_cov, kl_cov).
 ACTOR_FIELD_HPARAMS: dict[str, str] = {
     "clip_ratio_low": "eps_low",
     "clip_ratio_high": "eps_high",
     "clip_ratio_c": "clip_ratio_c",
     "tau_pos": "tau_pos",
     "tau_neg": "tau_neg",
+    "policy_loss.dro_beta": "beta",
+    "policy_loss.clip_cov_ratio": "clip_cov_ratio",
+    "policy_loss.clip_cov_lb": "clip_cov_lb",
+    "policy_loss.clip_cov_ub": "clip_cov_ub",
+    "policy_loss.kl_cov_ratio": "kl_cov_ratio",
+    "policy_loss.ppo_kl_coef": "ppo_kl_coef",
 }
 LOSS_HPARAMS_ENV = "GROUPRL_VERL_LOSS_HPARAMS"
+# policy_loss keyword arguments that may be set through $GROUPRL_VERL_LOSS_HPARAMS as well.
+_POLICY_LOSS_KWARGS = ("respect_agg", "validate")
 
 
 def _loss_defaults(name: str) -> dict[str, Any]:
     from ..losses import LOSSES
 
-    info = LOSSES[name]
-    d = getattr(info, "defaults", None)
-    if d is None:
-        fn = getattr(info, "fn", info)
-        d = {
-            p.name: p.default
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-    return dict(d)
+    return dict(LOSSES[name].defaults)
 
 
 def _env_loss_hparams(name: str) -> dict[str, Any]:
@@ -392,9 +392,11 @@ def _env_loss_hparams(name: str) -> dict[str, Any]:
 
 def _actor_hparams(config: Any, accepted: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field, hp in ACTOR_FIELD_HPARAMS.items():
+    for path, hp in ACTOR_FIELD_HPARAMS.items():
         if hp in accepted:
-            v = _cfg_get(config, field, None)
+            v = config
+            for part in path.split("."):
+                v = _cfg_get(v, part, None)
             if v is not None:
                 out[hp] = v
     return out
@@ -405,8 +407,11 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
 
     Hyperparameters, later ones winning: verl's actor fields in ``ACTOR_FIELD_HPARAMS`` (when the
     loss takes them), ``$GROUPRL_VERL_LOSS_HPARAMS`` (JSON), ``fixed_hparams``. The loss is
-    aggregated with verl's ``loss_agg_mode`` and global counts, and multiplied by ``dp_size`` as
-    verl's ``agg_loss`` does (data-parallel gradient averaging undone).
+    aggregated with verl's ``loss_agg_mode`` (or the loss's own mode, e.g. GSPO/SAPO, unless
+    ``respect_agg`` is set), normalised by verl's global counts (``config.global_batch_info``) and
+    multiplied by ``dp_size`` as verl's ``agg_loss`` does. The metrics are this micro-batch's means
+    (verl averages them over micro-batches), as Python floats: ``clipfrac`` → ``actor/pg_clipfrac``,
+    ``ppo_kl`` → ``actor/ppo_kl``, the others under ``actor/grouprl/``.
     """
     key = name if not fixed_hparams else f"{name}\0{json.dumps(fixed_hparams, sort_keys=True, default=str)}"
     if key in _LOSS_ADAPTERS:
@@ -427,8 +432,15 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
         hp = _actor_hparams(config, accepted)
         hp.update(_env_loss_hparams(name))
         hp.update(fixed_hparams)
+        unknown = sorted(k for k in hp if k not in accepted and k not in _POLICY_LOSS_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"{PREFIX}{name}: unknown hyperparameter {unknown[0]!r} (from ${LOSS_HPARAMS_ENV} or "
+                f"make_policy_loss); the loss takes {sorted(accepted)}."
+            )
         info = dict(_cfg_get(config, "global_batch_info", None) or {})
-        dp_size = info.get("dp_size") or 1
+        # Local counts inside grouprl (so the metrics are this micro-batch's means, which verl
+        # averages over micro-batches), then the loss rescaled to verl's global normaliser.
         loss, metrics = policy_loss(
             name,
             log_prob,
@@ -436,15 +448,13 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
             advantages,
             response_mask,
             agg=loss_agg_mode,
-            num_tokens=info.get("batch_num_tokens"),
-            num_seqs=info.get("global_batch_size"),
             norm_const=info.get("loss_scale_factor"),
             rollout_is_weights=rollout_is_weights,
+            dp_size=int(info.get("dp_size") or 1),
             **hp,
         )
-        if dp_size != 1:
-            loss = loss * dp_size
-        out = {f"actor/{k}": float(v.detach().item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
+        loss = loss * _global_rescale(name, loss_agg_mode, bool(hp.get("respect_agg")), response_mask, info)
+        out = {_verl_metric_name(k): float(v.detach().item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
         return loss, out
 
     grouprl_policy_loss.__name__ = f"grouprl_{name.replace('.', '_')}_loss"
@@ -452,6 +462,36 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
     grouprl_policy_loss._grouprl_loss = name  # type: ignore[attr-defined]
     _LOSS_ADAPTERS[key] = grouprl_policy_loss
     return grouprl_policy_loss
+
+
+_VERL_METRIC_NAMES = {"clipfrac": "actor/pg_clipfrac", "ppo_kl": "actor/ppo_kl"}
+
+
+def _verl_metric_name(k: str) -> str:
+    return _VERL_METRIC_NAMES.get(k, f"actor/grouprl/{k}")
+
+
+def _global_rescale(name: str, agg: str, respect_agg: bool, mask: Tensor, info: Mapping[str, Any]) -> Tensor | float:
+    """Factor turning a loss normalised by this micro-batch's counts into verl's global one:
+    local tokens / ``batch_num_tokens`` (token-mean) or local sequences / ``global_batch_size``
+    (sequence modes and sequence-level losses); 1 when verl gave no global count."""
+    from ..losses import LOSSES
+
+    loss_info = LOSSES[name]
+    pg_agg = agg if (loss_info.agg is None or respect_agg) else loss_info.agg
+    m = mask.to(torch.bool)
+    if loss_info.level == "sequence" or pg_agg.startswith("seq-"):
+        total = info.get("global_batch_size")
+        local = m.any(dim=1).sum()
+    elif pg_agg == "token-mean":
+        total = info.get("batch_num_tokens")
+        local = m.sum()
+    else:  # token-sum
+        return 1.0
+    if total is None:
+        return 1.0
+    total_t = torch.as_tensor(total, dtype=torch.float32, device=local.device)
+    return local.clamp_min(1).to(torch.float32) / total_t
 
 
 def register_losses(prefix: str = PREFIX) -> list[str]:
