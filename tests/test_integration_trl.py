@@ -193,3 +193,22 @@ def test_grouprl_loss_with_sequence_aggregation_runs(tmp_path):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     with pytest.raises(KeyError):
         GroupRLGRPOTrainer(model=None, loss="ppo_clipp")
+
+
+def test_two_processes_groups_spanning_ranks(tmp_path):
+    # torchrun, 2 CPU processes (gloo), 2 rows per process and groups of 4: every group spans both
+    # ranks; grouprl gathers rewards and masks and slices its rows back, as TRL does.
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "_trl_two_process.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert sorted(line for line in out.stdout.splitlines() if line.startswith("OK rank")) == [
+        "OK rank 0 nontrivial=True",
+        "OK rank 1 nontrivial=True",
+    ]
