@@ -212,3 +212,16 @@ def test_two_processes_groups_spanning_ranks(tmp_path):
         "OK rank 0 nontrivial=True",
         "OK rank 1 nontrivial=True",
     ]
+
+
+def test_trl_loss_options_are_refused_with_a_grouprl_loss(tmp_path):
+    tok = tiny_tokenizer()
+    args = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, use_cpu=True,
+        report_to=[], top_entropy_quantile=0.2,
+    )
+    kw = dict(reward_funcs=[count_a], args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+              processing_class=tok)
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        GroupRLGRPOTrainer(model=tiny_model(len(tok)), loss="ppo_clip", **kw)
+    GroupRLGRPOTrainer(model=tiny_model(len(tok)), **kw)  # TRL's own loss: the option is TRL's business

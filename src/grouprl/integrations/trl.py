@@ -106,12 +106,33 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         self.grouprl_loss_agg = loss_agg
         if loss is not None:
             from ..losses import LOSSES
-            from ..losses import aggregate as _agg  # noqa: F401  (fail early if losses are missing)
 
             LOSSES[loss]  # unknown name -> error with suggestions, before the model is built
         self._grouprl_rewards_per_func: Tensor | None = None
         self._grouprl_last: dict[str, Tensor] = {}
         super().__init__(*args, **kwargs)
+        if loss is not None:
+            self._check_loss_options()
+
+    def _check_loss_options(self) -> None:
+        """TRL options that act inside TRL's own loss have no meaning with a grouprl loss: refuse
+        them instead of ignoring them silently."""
+        a = self.args
+        bad = [
+            ("importance_sampling_level", a.importance_sampling_level != "token",
+             "use the grouprl loss 'gspo' for sequence-level ratios"),
+            ("top_entropy_quantile", a.top_entropy_quantile < 1.0, "leave it at 1.0"),
+            ("off_policy_mask_threshold", a.off_policy_mask_threshold is not None, "leave it at None"),
+            ("use_adaptive_entropy", bool(getattr(a, "use_adaptive_entropy", False)),
+             "use a constant entropy_coef"),
+            ("delta", getattr(a, "delta", None) is not None, "pass the loss's own hyperparameter (ppo_clip: delta)"),
+        ]
+        for field, is_set, fix in bad:
+            if is_set:
+                raise ValueError(
+                    f"GroupRLGRPOTrainer(loss={self.grouprl_loss!r}): GRPOConfig.{field} acts inside TRL's own "
+                    f"loss and is not applied to a grouprl loss; {fix}, or use loss=None."
+                )
 
     # ----------------------------------------------------------------------------- advantages
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: D401
