@@ -384,7 +384,10 @@ def test_every_estimator_example_through_verl_matches_direct_call(name):
     known = set(TOKEN_FIELDS) | set(ROW_FIELDS) | {"rewards", "group", "mask", "reward_components"}
     extras = {k: torch.as_tensor(np.asarray(direct.pop(k))) for k in list(direct) if k not in known}
     expect = compute_advantages(name, Rollouts(**direct, extras=extras), **kwargs)
-    cfg = {"grouprl": {"hparams": kwargs}}
+    # every field of the example is mapped explicitly (estimators may read optional fields)
+    fields = {f: gv.DEFAULT_FIELD_KEYS.get(f, f) for f in direct if f not in ("rewards", "group", "mask")}
+    fields.update({f: f for f in extras})
+    cfg = {"grouprl": {"hparams": kwargs, "fields": fields}}
     adv, _ = verl_est(f"grouprl.{name}")(
         token_level_rewards=tlr, response_mask=mask, index=index, config=cfg, grouprl_data=data,
         reward_baselines=data.batch["reward_baselines"] if "reward_baselines" in data.batch.keys() else None,

@@ -222,7 +222,8 @@ def rollouts_from_verl(
 
     ``rewards`` = ``token_level_rewards.sum(-1)``, ``token_rewards`` = ``token_level_rewards``,
     ``mask`` = ``response_mask``, ``group`` = ``index`` (uid labels; one group per row when absent).
-    Fields in ``needs`` beyond those are copied from ``data`` (a DataProto: its ``batch`` or
+    Fields in ``needs`` beyond those, and every field named in ``fields`` (optional inputs an
+    estimator reads when present), are copied from ``data`` (a DataProto: its ``batch`` or
     ``non_tensor_batch``), under the key ``fields[name]``, ``DEFAULT_FIELD_KEYS[name]`` or ``name``;
     names that are not ``Rollouts`` fields go to ``extras``.
     """
@@ -242,7 +243,9 @@ def rollouts_from_verl(
         kw["reward_baselines"] = reward_baselines.reshape(B) if reward_baselines.numel() == B else reward_baselines
     extras: dict[str, Tensor] = {}
     fields = dict(fields or {})
-    for need in needs:
+    # the declared needs, plus optional fields the user mapped explicitly (e.g. CANON's metric)
+    wanted = list(needs) + [f for f in fields if f not in needs]
+    for need in wanted:
         if need in kw or need in ("rewards", "group", "mask"):
             continue
         key = fields.get(need) or DEFAULT_FIELD_KEYS.get(need) or need
@@ -299,6 +302,13 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
                 f"{label}: no uid index was passed (DataProto.non_tensor_batch['uid'] is missing); "
                 "group estimators need the prompt uid of every row."
             )
+        fields = grouprl_section(config).get("fields")
+        if fields and grouprl_data is None:
+            raise ValueError(
+                f"{label}: algorithm.grouprl.fields is set but the DataProto was not passed; call "
+                "grouprl.integrations.verl.install_field_passthrough() (import "
+                "grouprl.integrations.verl_plugin does)."
+            )
         batch = rollouts_from_verl(
             token_level_rewards,
             response_mask,
@@ -306,7 +316,7 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
             needs=needs,
             reward_baselines=reward_baselines,
             data=grouprl_data,
-            fields=grouprl_section(config).get("fields"),
+            fields=fields,
             who=label,
         )
         with torch.no_grad():
