@@ -393,3 +393,14 @@ def test_every_estimator_example_through_verl_matches_direct_call(name):
         reward_baselines=data.batch["reward_baselines"] if "reward_baselines" in data.batch.keys() else None,
     )
     torch.testing.assert_close(adv, expect, atol=1e-6, rtol=1e-6)
+
+
+def test_actor_fields_map_only_for_losses_that_restate_a_verl_loss():
+    cfg = actor_config(clip_ratio_low=0.1, clip_ratio_high=0.3, tau_pos=2.0)
+    defaults = {"eps_low": 0.2, "eps_high": None, "clip_ratio_c": None, "tau_pos": 1.0}
+    assert gv._actor_hparams("ppo_clip", cfg, defaults) == {"eps_low": 0.1, "eps_high": 0.3, "clip_ratio_c": 3.0}
+    assert gv._actor_hparams("sapo", cfg, defaults) == {"tau_pos": 2.0}
+    assert gv._actor_hparams("some_method_clip", cfg, defaults) == {}  # keeps its own defaults
+    cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
+                      policy_loss={"loss_mode": "grouprl.dro", "dro_beta": 0.5})
+    assert gv._actor_hparams("dro", cfg, {"beta": None}) == {"beta": 0.5}

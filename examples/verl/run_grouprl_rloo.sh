@@ -5,8 +5,9 @@ set -euo pipefail
 
 # Activate the plug-in in every process that imports verl (trainer and Ray workers).
 export VERL_USE_EXTERNAL_MODULES=grouprl.integrations.verl_plugin
-# Loss hyperparameters that verl's actor config has no field for (JSON, per loss or flat):
-export GROUPRL_VERL_LOSS_HPARAMS='{"ppo_clip": {"clip_ratio_c": 3.0}}'
+# Loss hyperparameters that verl's actor config has no field for (JSON, per loss or flat), e.g.
+# INTELLECT-2's two-sided clip of grouprl's ppo_clip (unset = off):
+export GROUPRL_VERL_LOSS_HPARAMS='{"ppo_clip": {"delta": 4.0}}'
 
 python -m verl.trainer.main_ppo \
     algorithm.adv_estimator=grouprl.rloo \

@@ -41,14 +41,17 @@ only, the whole ``DataProto`` is handed over and the needed fields are copied fr
 ``data.non_tensor_batch`` into the ``Rollouts``. Every other estimator goes to verl's original
 function unchanged. Default keys: ``values`` → values, ``old_log_probs`` → old_logprobs,
 ``ref_log_prob`` → ref_logprobs, ``entropys`` → entropy; any other need is looked up under its own
-name or under the key given in ``algorithm.grouprl.fields``.
+name or under the key given in ``algorithm.grouprl.fields`` (a field named there is copied even if
+the estimator only reads it optionally).
 
 Policy losses are registered with ``register_policy_loss`` as ``<prefix><name>`` and called with
 verl's signature ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
 rollout_is_weights) -> (loss, metrics)``; the aggregation uses verl's global counts
 (``config.global_batch_info``: ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``,
 times ``dp_size``) so the objective matches verl's aggregation modes; metrics become Python floats
-here, at the boundary (grouprl keeps them as tensors).
+here, at the boundary (grouprl keeps them as tensors). Loss hyperparameters come from the actor
+fields that verl's counterpart of the loss reads (``VERL_ACTOR_FIELDS``) and from the JSON in
+``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys).
 """
 
 from __future__ import annotations
@@ -354,21 +357,25 @@ def register_estimators(prefix: str = PREFIX) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- losses
-# verl ActorConfig field (dotted path) -> grouprl loss hyperparameter, used when the loss takes that
-# name and neither $GROUPRL_VERL_LOSS_HPARAMS nor explicit hparams set it. verl's own losses read the
-# same fields (vanilla/gspo/cispo: clip ratios, dual clip; sapo: tau; dro, clip_cov, kl_cov).
-ACTOR_FIELD_HPARAMS: dict[str, str] = {
-    "clip_ratio_low": "eps_low",
-    "clip_ratio_high": "eps_high",
-    "clip_ratio_c": "clip_ratio_c",
-    "tau_pos": "tau_pos",
-    "tau_neg": "tau_neg",
-    "policy_loss.dro_beta": "beta",
-    "policy_loss.clip_cov_ratio": "clip_cov_ratio",
-    "policy_loss.clip_cov_lb": "clip_cov_lb",
-    "policy_loss.clip_cov_ub": "clip_cov_ub",
-    "policy_loss.kl_cov_ratio": "kl_cov_ratio",
-    "policy_loss.ppo_kl_coef": "ppo_kl_coef",
+# For the grouprl losses that restate one of verl's, the verl ActorConfig fields (dotted paths)
+# that verl's loss reads, and the grouprl hyperparameter each one sets — so that in verl the same
+# config lines mean the same thing. Method-specific grouprl losses (ngrpo_clip, dapo_clip, copo, ...)
+# keep their own defaults; set them with $GROUPRL_VERL_LOSS_HPARAMS.
+_CLIP = {"clip_ratio_low": "eps_low", "clip_ratio_high": "eps_high"}
+VERL_ACTOR_FIELDS: dict[str, dict[str, str]] = {
+    "ppo_clip": {**_CLIP, "clip_ratio_c": "clip_ratio_c"},  # verl "vanilla" (dual clip included)
+    "gspo": dict(_CLIP),
+    "cispo": dict(_CLIP),
+    "gmpo": dict(_CLIP),  # verl "geo_mean"
+    "clip_cov": {
+        **_CLIP,
+        "policy_loss.clip_cov_ratio": "clip_cov_ratio",
+        "policy_loss.clip_cov_lb": "clip_cov_lb",
+        "policy_loss.clip_cov_ub": "clip_cov_ub",
+    },
+    "kl_cov": {"policy_loss.kl_cov_ratio": "kl_cov_ratio", "policy_loss.ppo_kl_coef": "ppo_kl_coef"},
+    "sapo": {"tau_pos": "tau_pos", "tau_neg": "tau_neg"},
+    "dro": {"policy_loss.dro_beta": "beta"},
 }
 LOSS_HPARAMS_ENV = "GROUPRL_VERL_LOSS_HPARAMS"
 # policy_loss keyword arguments that may be set through $GROUPRL_VERL_LOSS_HPARAMS as well.
@@ -400,9 +407,10 @@ def _env_loss_hparams(name: str) -> dict[str, Any]:
     return dict(obj)
 
 
-def _actor_hparams(config: Any, accepted: Mapping[str, Any]) -> dict[str, Any]:
+def _actor_hparams(name: str, config: Any, accepted: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of loss ``name`` that verl's actor config sets (``VERL_ACTOR_FIELDS``)."""
     out: dict[str, Any] = {}
-    for path, hp in ACTOR_FIELD_HPARAMS.items():
+    for path, hp in VERL_ACTOR_FIELDS.get(name, {}).items():
         if hp in accepted:
             v = config
             for part in path.split("."):
@@ -415,8 +423,8 @@ def _actor_hparams(config: Any, accepted: Mapping[str, Any]) -> dict[str, Any]:
 def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Tensor, dict[str, float]]]:
     """A verl policy-loss function backed by grouprl's loss ``name``.
 
-    Hyperparameters, later ones winning: verl's actor fields in ``ACTOR_FIELD_HPARAMS`` (when the
-    loss takes them), ``$GROUPRL_VERL_LOSS_HPARAMS`` (JSON), ``fixed_hparams``. The loss is
+    Hyperparameters, later ones winning: the verl actor fields that verl's counterpart of the loss
+    reads (``VERL_ACTOR_FIELDS``: clip ratios for ppo_clip/gspo/cispo/gmpo/clip_cov, ...), ``$GROUPRL_VERL_LOSS_HPARAMS`` (JSON), ``fixed_hparams``. The loss is
     aggregated with verl's ``loss_agg_mode`` (or the loss's own mode, e.g. GSPO/SAPO, unless
     ``respect_agg`` is set), normalised by verl's global counts (``config.global_batch_info``) and
     multiplied by ``dp_size`` as verl's ``agg_loss`` does. The metrics are this micro-batch's means
@@ -439,7 +447,7 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
         from ..losses import policy_loss
 
         accepted = _loss_defaults(name)
-        hp = _actor_hparams(config, accepted)
+        hp = _actor_hparams(name, config, accepted)
         hp.update(_env_loss_hparams(name))
         hp.update(fixed_hparams)
         unknown = sorted(k for k in hp if k not in accepted and k not in _POLICY_LOSS_KWARGS)
