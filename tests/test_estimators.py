@@ -351,3 +351,53 @@ def test_registered_with_paper_doc_and_runnable_example(name):
     out = compute_advantages(name, Rollouts(**ex), **kwargs)
     assert out.shape == torch.as_tensor(ex["mask"]).shape
     assert torch.isfinite(out).all() and bool((out != 0).any())
+
+
+# ------------------------------------------------------------------ the loop-free scan itself
+@pytest.mark.parametrize("T", [1, 5, 32, 33, 100, 1100])
+@pytest.mark.parametrize("d", [0.0, 0.5, 0.9405, 1.0])
+def test_discounted_suffix_sum_matches_the_recurrence(T, d):
+    from grouprl.advantages._returns import discounted_suffix_sum
+
+    x = torch.randn(3, T, generator=torch.Generator().manual_seed(T))
+    expected = torch.zeros(3, T, dtype=torch.float64)
+    run = torch.zeros(3, dtype=torch.float64)
+    for t in reversed(range(T)):
+        run = x[:, t].double() + d * run
+        expected[:, t] = run
+    got = discounted_suffix_sum(x, d)
+    assert got.shape == x.shape
+    assert (got.double() - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+    assert torch.allclose(discounted_suffix_sum(x, d, sign=-1.0), -got)
+
+
+@pytest.mark.parametrize("gaps", [False, True])
+def test_row_blocks_do_not_change_the_result(gaps):
+    """Blocks of rows (cache-sized) combine their whitening statistics exactly."""
+    from grouprl.advantages._returns import discounted_advantages
+
+    d = random_batch(5, gaps=gaps, T=40)
+    b = build(d)
+    kw = dict(gamma=0.99, lam=0.95, values=b.values, rewards=b.rewards, whiten=True, with_returns=True)
+    one_adv, one_ret = discounted_advantages(b.mask, **kw)
+    many_adv, many_ret = discounted_advantages(b.mask, block_elems=40 * 3, **kw)  # 3 rows a block
+    assert torch.allclose(one_adv, many_adv, atol=1e-6)
+    assert torch.allclose(one_ret, many_ret, atol=1e-6)
+
+
+def test_mask_helpers():
+    from grouprl.advantages._masks import Compaction, row_lengths
+
+    gen = torch.Generator().manual_seed(0)
+    m = torch.rand(37, 11, generator=gen) < 0.6
+    assert torch.equal(row_lengths(m, block_elems=11 * 4), m.sum(1))
+    right = torch.arange(11) < torch.randint(0, 12, (37,), generator=gen).unsqueeze(1)
+    assert Compaction.of(right).right_padded
+    assert not Compaction.of(right | (torch.arange(11) == 10)).right_padded or bool(right[:, -1].all())
+    c = Compaction.of(m)
+    x = torch.randn(37, 11, generator=gen)
+    packed = c.pack(x)
+    for i in range(37):  # each row's trained tokens, in order, then zeros
+        n = int(m[i].sum())
+        assert torch.equal(packed[i, :n], x[i][m[i]]) and bool((packed[i, n:] == 0).all())
+    assert torch.equal(c.unpack(packed), x * m)

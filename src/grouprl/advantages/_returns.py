@@ -1,27 +1,25 @@
-"""Token-level returns without a Python loop over time: reward placement, left-compaction of each
-row's trained tokens, masked reward-to-go and GAE, and per-row batch whitening.
+"""Token-level returns without a Python loop over time: reward placement, the discounted suffix
+sum (a two-level chunked matmul scan), GAE / reward-to-go with optional batch whitening, and
+per-row batch whitening.
 
 Masked positions *inside* a response (an observation span of an agent turn) are bridged as in verl:
 the recurrence skips them, carrying the next value and the running return through unchanged. That
-is the same as running the recurrence on each row's trained tokens packed to the left, which is what
-``Compaction`` does (one cumsum, one scatter, one gather; no sort). Right-padded masks (a prefix of
-ones per row, the usual case) need no packing and skip it.
+is the same as running the recurrence on each row's trained tokens packed to the left
+(``_masks.Compaction``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ..core import Rollouts, reverse_discounted_cumsum
+from ..core import Rollouts
+from ._masks import Compaction, float_mask
 
 __all__ = [
-    "Compaction",
+    "discounted_suffix_sum",
+    "discounted_advantages",
     "place_token_rewards",
-    "masked_returns",
-    "gae_returns",
     "row_whiten",
     "check_discount",
 ]
@@ -40,7 +38,7 @@ def place_token_rewards(batch: Rollouts) -> Tensor:
     a row without trained tokens gets none."""
     mask = batch.mask
     if batch.token_rewards is not None:
-        return batch.token_rewards * mask
+        return batch.token_rewards * float_mask(mask)
     B, T = mask.shape
     out = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
     last = (T - 1) - mask.flip(1).to(torch.uint8).argmax(dim=1)
@@ -48,72 +46,139 @@ def place_token_rewards(batch: Rollouts) -> Tensor:
     return out.scatter_(1, last.unsqueeze(1), r.unsqueeze(1))
 
 
-@dataclass(frozen=True)
-class Compaction:
-    """Each row's unmasked tokens packed to the left, in order (``lengths[i]`` of them).
+_CHUNK = 32  # within-chunk scan as a (C, C) matmul; the chunk carries recurse on (B, T / C)
+_BLOCK_ELEMS = 1 << 18  # rows are processed in blocks of about this many tokens (cache-sized)
 
-    ``pack(x)`` maps (B, T) to the packed layout (zeros after each row's length); ``unpack(y)`` maps
-    back (zeros on masked tokens). For right-padded masks both are the identity up to masking.
+
+def _suffix_matrix(d: float, n: int, sign: float, dtype, device) -> Tensor:
+    """M[s, t] = sign·d^(s − t) for s >= t, else 0: (x @ M)[t] = sign·Σ_{s≥t} d^(s−t) x_s."""
+    i = torch.arange(n, dtype=torch.float64)
+    e = i.unsqueeze(1) - i.unsqueeze(0)
+    m = torch.where(e >= 0, sign * d ** e.clamp_min(0), torch.zeros((), dtype=torch.float64))
+    return m.to(dtype=dtype, device=device)
+
+
+def discounted_suffix_sum(
+    x: Tensor, d: float, *, sign: float = 1.0, chunk: int = _CHUNK, out: Tensor | None = None
+) -> Tensor:
+    """y_t = x_t + d·y_{t+1} along the last dimension (times ``sign``), without a loop over time.
+
+    Two levels: inside chunks of ``chunk`` steps the suffix sums are one matmul with the (C, C)
+    matrix of powers d^(s−t); the value entering each chunk from the right is itself a discounted
+    suffix sum (discount d^C) over the chunk heads, solved by recursion (depth log_C T). Only
+    non-negative powers of d appear, so any d in [0, 1] is exact to float32 rounding. ``out``: a
+    contiguous tensor shaped like ``x`` to write into (used when T is a multiple of ``chunk``).
     """
-
-    mask: Tensor
-    packed_mask: Tensor
-    lengths: Tensor
-    dest: Tensor | None  # packed position of each token, T for masked tokens; None = right-padded
-
-    @classmethod
-    def of(cls, mask: Tensor) -> "Compaction":
-        T = mask.shape[1]
-        lengths = mask.sum(dim=1)
-        packed = torch.arange(T, device=mask.device) < lengths.unsqueeze(1)
-        if torch.equal(packed, mask):
-            return cls(mask, packed, lengths, None)
-        pos = mask.cumsum(dim=1) - 1
-        dest = torch.where(mask, pos, torch.full_like(pos, T))
-        return cls(mask, packed, lengths, dest)
-
-    @property
-    def right_padded(self) -> bool:
-        return self.dest is None
-
-    def pack(self, x: Tensor) -> Tensor:
-        if self.dest is None:
-            return x * self.mask
-        B, T = x.shape
-        buf = torch.zeros(B, T + 1, dtype=x.dtype, device=x.device)
-        return buf.scatter_(1, self.dest, x)[:, :T]
-
-    def unpack(self, y: Tensor) -> Tensor:
-        if self.dest is None:
-            return y * self.mask
-        return y.gather(1, self.dest.clamp_max(y.shape[1] - 1)) * self.mask
+    T = x.shape[-1]
+    if T <= chunk:
+        return torch.matmul(x, _suffix_matrix(d, T, sign, x.dtype, x.device), out=out)
+    K = -(-T // chunk)
+    M = _suffix_matrix(d, chunk, sign, x.dtype, x.device)
+    if K * chunk == T:
+        xr = x.reshape(*x.shape[:-1], K, chunk)
+        local = torch.matmul(xr, M) if out is None else torch.matmul(xr, M, out=out.view(xr.shape))
+    else:
+        local = torch.nn.functional.pad(x, (0, K * chunk - T)).reshape(*x.shape[:-1], K, chunk) @ M
+    carry = discounted_suffix_sum(local[..., 0], d**chunk, chunk=chunk)  # y at each chunk's start
+    carry_in = torch.nn.functional.pad(carry[..., 1:], (0, 1))  # ... entering chunk k from k + 1
+    powers = d ** (chunk - torch.arange(chunk, dtype=torch.float64))
+    local.addcmul_(carry_in.unsqueeze(-1), powers.to(dtype=x.dtype, device=x.device))
+    y = local.reshape(*x.shape[:-1], K * chunk)
+    if K * chunk == T:
+        return y
+    return y[..., :T] if out is None else out.copy_(y[..., :T])
 
 
-def masked_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """Reward-to-go G_t = r_t + γ·G_{t'} over the trained tokens (t' = the next trained token);
-    masked tokens carry G through and their rewards are ignored (verl's REINFORCE++). Returns
-    float32 (B, T), 0 on masked tokens."""
-    c = Compaction.of(mask)
-    g = reverse_discounted_cumsum(c.pack(token_rewards.to(torch.float32)), gamma)
-    return c.unpack(g)
+def discounted_advantages(
+    mask: Tensor,
+    *,
+    gamma: float,
+    lam: float = 1.0,
+    values: Tensor | None = None,
+    rewards: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+    whiten: bool = True,
+    with_returns: bool = False,
+    block_elems: int = _BLOCK_ELEMS,
+) -> tuple[Tensor, Tensor | None]:
+    """GAE (``values`` given) or discounted reward-to-go (``values=None``) over each row's trained
+    tokens, optionally batch-whitened; float32 (B, T), exactly 0 on masked tokens.
 
+    Rewards: ``token_rewards`` (B, T) (masked entries ignored) or ``rewards`` (B,) on each row's
+    last trained token. GAE: δ_t = r_t + γ V_{t'} − V_t, A_t = δ_t + γλ A_{t'} (t' = next trained
+    token, V = 0 after the last), returns = A + V. Reward-to-go: G_t = r_t + γ G_{t'}, returns = G.
+    Returns ``(advantages, returns or None)``; returns are never whitened.
 
-def gae_returns(
-    token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation over the trained tokens, vectorised.
-
-    δ_t = r_t + γ·V_{t'} − V_t and A_t = δ_t + γλ·A_{t'}, with t' the next trained token of the
-    row (V = 0 after the last one). Returns (A, A + V) as float32 (B, T), 0 on masked tokens.
+    Rows are processed in cache-sized blocks (a loop over B·T / ``block_elems`` blocks, not over
+    rows or tokens); the whitening statistics are combined across blocks exactly (Chan et al.'s
+    parallel mean/variance), then a second blockwise pass normalises in place.
     """
-    c = Compaction.of(mask)
-    v = c.pack(values.to(torch.float32)).to(torch.float64)
-    r = c.pack(token_rewards.to(torch.float32)).to(torch.float64)
-    v_next = torch.nn.functional.pad(v[:, 1:], (0, 1))  # 0 past each row's last packed token
-    delta = (r + gamma * v_next - v) * c.packed_mask
-    adv = reverse_discounted_cumsum(delta, gamma * lam)
-    ret = adv + v
-    return c.unpack(adv).to(torch.float32), c.unpack(ret).to(torch.float32)
+    B, T = mask.shape
+    out = torch.empty(B, T, dtype=torch.float32, device=mask.device)
+    ret_out = torch.empty_like(out) if with_returns else None
+    step = max(1, block_elems // max(T, 1))
+    d = gamma * lam if values is not None else gamma
+    counts, means, m2s = [], [], []
+    for lo in range(0, B, step):  # blocks of rows
+        sl = slice(lo, min(B, lo + step))
+        c = Compaction.of(mask[sl])
+        L = c.lengths
+        if values is not None:
+            # x = −δ without the reward, V_t − γ V_{t+1} (one fused op), on the packed layout
+            if c.right_padded:  # mask afterwards (in place), then restore the cut at t = L − 1
+                v = values[sl].to(torch.float32)
+                x = torch.empty_like(v)
+                torch.sub(v[:, :-1], v[:, 1:], alpha=gamma, out=x[:, :-1])
+                x[:, -1] = v[:, -1]
+                x.mul_(c.weight)
+                inside = (L > 0) & (L < T)  # the row's V_L (padding) must not enter δ_{L−1}
+                fix = gamma * v.gather(1, L.clamp_max(T - 1).unsqueeze(1)) * inside.unsqueeze(1)
+                x.scatter_add_(1, (L - 1).clamp_min(0).unsqueeze(1), fix)
+            else:
+                v = c.pack(values[sl].to(torch.float32))
+                x = torch.empty_like(v)
+                torch.sub(v[:, :-1], v[:, 1:], alpha=gamma, out=x[:, :-1])
+                x[:, -1] = v[:, -1]
+            sign = -1.0
+        else:
+            x = torch.zeros(L.shape[0], T, dtype=torch.float32, device=mask.device)
+            sign = 1.0
+        if token_rewards is not None:
+            r = c.pack(token_rewards[sl].to(torch.float32))
+            x = x.add_(r, alpha=sign)
+        elif rewards is not None:
+            r = (rewards[sl].to(torch.float32) * (L > 0)).unsqueeze(1)
+            x.scatter_add_(1, (L - 1).clamp_min(0).unsqueeze(1), r if sign > 0 else -r)
+        # 0 past each row's length; right-padded rows are written straight into the output
+        a = discounted_suffix_sum(x, d, sign=sign, out=out[sl] if c.right_padded else None)
+        if ret_out is not None:
+            if values is None:
+                ret_out[sl] = c.unpack(a)
+            elif c.right_padded:
+                torch.add(a, v, out=ret_out[sl]).mul_(c.weight)
+            else:
+                ret_out[sl] = c.unpack(a + v)
+        if whiten:
+            n = L.sum().to(torch.float64)
+            mu = a.sum().to(torch.float64) / n.clamp_min(1.0)
+            dev = torch.sub(a, c.packed_weight, alpha=float(mu))  # a − μ on trained tokens, else 0
+            dev = dev.reshape(-1)
+            counts.append(n), means.append(mu), m2s.append(torch.dot(dev, dev).to(torch.float64))
+        if not c.right_padded:
+            out[sl] = c.unpack(a)
+    if whiten:
+        n_b, mu_b, m2_b = torch.stack(counts), torch.stack(means), torch.stack(m2s)
+        n = n_b.sum()
+        mu = (n_b * mu_b).sum() / n.clamp_min(1.0)
+        m2 = (m2_b + n_b * (mu_b - mu) ** 2).sum()
+        var = m2 / (n - 1).clamp_min(1.0)
+        scale = float(torch.rsqrt(var + 1e-8))
+        mu_f = float(mu)
+        for lo in range(0, B, step):
+            sl = slice(lo, min(B, lo + step))
+            # a − μ on trained tokens (a is 0 elsewhere, and so is μ·w), then the scale
+            out[sl].sub_(float_mask(mask[sl]), alpha=mu_f).mul_(scale)
+    return out, ret_out
 
 
 def row_whiten(per_row: Tensor, lengths: Tensor, eps: float = 1e-8) -> Tensor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..core import Rollouts, masked_whiten
-from ._returns import check_discount, gae_returns, masked_returns, place_token_rewards
+from ..core import Rollouts
+from ._returns import check_discount, discounted_advantages
 from .registry import estimator
 
 __all__ = ["gae", "gae_with_returns", "reinforce_pp"]
@@ -24,20 +24,40 @@ def gae_with_returns(
     Returns ``(advantages, returns)`` with returns = A + V computed *before* whitening (verl's
     ``compute_gae_advantage_return``); ``advantages`` are whitened unless ``whiten=False``.
     """
+    adv, ret = _gae(batch, gamma, lam, whiten, with_returns=True)
+    assert ret is not None
+    return adv, ret
+
+
+def _rewards(batch: Rollouts) -> dict:
+    if batch.token_rewards is not None:
+        return {"token_rewards": batch.token_rewards}
+    return {"rewards": batch.rewards}
+
+
+def _gae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns: bool):
     if batch.values is None:
-        raise ValueError("gae: the batch has no values; build Rollouts with values=... (B, T) from the critic.")
+        raise ValueError(
+            "gae: the batch has no values; build Rollouts with values=... (B, T) from the critic."
+        )
     gamma = check_discount("gamma", gamma, "gae")
     lam = check_discount("lam", lam, "gae")
-    adv, ret = gae_returns(place_token_rewards(batch), batch.values, batch.mask, gamma, lam)
-    if whiten:
-        adv = masked_whiten(adv, batch.mask)
-    return adv, ret
+    return discounted_advantages(
+        batch.mask,
+        gamma=gamma,
+        lam=lam,
+        values=batch.values,
+        whiten=whiten,
+        with_returns=with_returns,
+        **_rewards(batch),
+    )
 
 
 @estimator(
     "gae",
     needs=("rewards", "group", "mask", "values"),
-    paper="High-Dimensional Continuous Control Using Generalized Advantage Estimation, arXiv:1506.02438",
+    paper="High-Dimensional Continuous Control Using Generalized Advantage Estimation, "
+    "arXiv:1506.02438",
     level="token",
     example={
         "rewards": [1.0, 0.0],
@@ -59,7 +79,7 @@ def gae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 1.0, whiten: bool =
     skip). Defaults γ = λ = 1 as verl's ``AlgoConfig``. The critic targets (A + V before whitening)
     come from ``gae_with_returns``. The group labels are not used.
     """
-    return gae_with_returns(batch, gamma=gamma, lam=lam, whiten=whiten)[0]
+    return _gae(batch, gamma, lam, whiten, with_returns=False)[0]
 
 
 @estimator(
@@ -83,5 +103,4 @@ def reinforce_pp(batch: Rollouts, *, gamma: float = 1.0, whiten: bool = True) ->
     verl they include the in-reward KL penalty, which the caller adds to ``token_rewards``.
     """
     gamma = check_discount("gamma", gamma, "reinforce_pp")
-    g = masked_returns(place_token_rewards(batch), batch.mask, gamma)
-    return masked_whiten(g, batch.mask) if whiten else g
+    return discounted_advantages(batch.mask, gamma=gamma, whiten=whiten, **_rewards(batch))[0]

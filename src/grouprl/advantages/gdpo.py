@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..core import Rollouts, group_stats
 from ._common import apply_singleton
+from ._masks import row_lengths
 from ._returns import row_whiten
 from .registry import estimator
 
@@ -85,4 +86,4 @@ def gdpo(
         adv = normalise(rc @ w)
     if whiten is None:
         whiten = mode == "normalize_then_sum"
-    return row_whiten(adv, batch.lengths) if whiten else adv
+    return row_whiten(adv, row_lengths(batch.mask)) if whiten else adv

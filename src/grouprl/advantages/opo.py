@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..core import Rollouts, group_stats
 from ._common import apply_singleton
+from ._masks import row_lengths
 from .registry import estimator
 
 
@@ -28,7 +29,7 @@ def opo(batch: Rollouts, *, singleton: str = "zero") -> Tensor:
     A group of one: 0 by default, the raw reward with ``singleton="raw"`` (verl: b = 0).
     """
     ids, G = batch.group, batch.num_groups
-    lengths = batch.lengths.to(torch.float64)
+    lengths = row_lengths(batch.mask).to(torch.float64)
     r = batch.rewards.to(torch.float64)
     st = group_stats(batch.rewards, ids, G)
     num = torch.zeros(G, dtype=torch.float64, device=r.device).index_add_(0, ids, lengths * r)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..core import Rollouts
+from ._masks import row_lengths
 from ._returns import place_token_rewards
 from .registry import estimator
 
@@ -54,7 +55,7 @@ def optimal_token_baseline(
     count = torch.bincount(ids, minlength=G)
     keep = (count > 1)[ids].unsqueeze(1)  # singleton groups: no baseline
     if handle_zero_tail:
-        lengths = batch.lengths
+        lengths = row_lengths(m)
         longest = torch.zeros(G, dtype=lengths.dtype, device=m.device).scatter_reduce_(
             0, ids, lengths, reduce="amax", include_self=False
         )

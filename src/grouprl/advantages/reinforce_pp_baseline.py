@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ..core import Rollouts, group_stats
 from ._common import apply_singleton
+from ._masks import row_lengths
 from ._returns import row_whiten
 from .registry import estimator
 
@@ -33,4 +34,4 @@ def reinforce_pp_baseline(batch: Rollouts, *, whiten: bool = True, singleton: st
     """
     st = group_stats(batch.rewards, batch.group, batch.num_groups)
     adv = apply_singleton(st.centered(batch.rewards), st, batch.rewards, singleton, "reinforce_pp_baseline")
-    return row_whiten(adv, batch.lengths) if whiten else adv
+    return row_whiten(adv, row_lengths(batch.mask)) if whiten else adv
