@@ -142,5 +142,4 @@ def cispo(
     low = ratio < lo
     high = ratio > 1.0 + eps_high
     loss = -weight * advantages * logprobs
-    dt = logprobs.dtype
-    return loss, {"clipfrac": (low | high).to(dt), "clipfrac_low": low.to(dt), "clipfrac_high": high.to(dt)}
+    return loss, {"clipfrac": low | high, "clipfrac_low": low, "clipfrac_high": high}

@@ -99,9 +99,4 @@ def gmpo(
     seq_adv = (advantages * mask).sum(dim=1) / lengths
     low = (advantages < 0) & (x < -el)
     high = (advantages > 0) & (x > eh)
-    dt = x.dtype
-    return -seq_adv * seq_ratio, {
-        "clipfrac": (low | high).to(dt),
-        "clipfrac_low": low.to(dt),
-        "clipfrac_high": high.to(dt),
-    }
+    return -seq_adv * seq_ratio, {"clipfrac": low | high, "clipfrac_low": low, "clipfrac_high": high}

@@ -54,9 +54,10 @@ def dro(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DRO (Direct Reward Optimization): policy gradient with a squared log-ratio regulariser.
 
-    ℓ = −(A·log π_θ − ½·β·(log π_θ − log π_old)²), the per-token form of verl's ``dro`` loss
-    (the paper's regulariser τ/2·(log π/π_ref)², with the behaviour policy as the anchor).
-    ``beta`` has no default, as in verl (``dro_beta`` must be set > 0).
+    ℓ = −(A·log π_θ − ½·β·(log π_θ − log π_old)²), as verl's ``dro`` policy loss: the
+    policy-gradient term plus a squared log-ratio penalty that keeps π_θ near the sampling policy.
+    The paper's full offline objective (a squared regression loss with a learned value function)
+    is not implemented here. ``beta`` has no default, as in verl (``dro_beta`` must be set > 0).
     """
     if beta is None or beta <= 0:
         raise ValueError(
