@@ -193,6 +193,8 @@ def test_grouprl_loss_with_sequence_aggregation_runs(tmp_path):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     with pytest.raises(KeyError):
         GroupRLGRPOTrainer(model=None, loss="ppo_clipp")
+    with pytest.raises(ValueError, match="token-means"):
+        GroupRLGRPOTrainer(model=None, loss="ppo_clip", loss_agg="token-means")
 
 
 def test_two_processes_groups_spanning_ranks(tmp_path):

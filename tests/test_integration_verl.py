@@ -405,3 +405,35 @@ def test_actor_fields_map_only_for_losses_that_restate_a_verl_loss():
     cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1,
                       policy_loss={"loss_mode": "grouprl.dro", "dro_beta": 0.5})
     assert gv._actor_hparams("dro", cfg, {"beta": None}) == {"beta": 0.5}
+
+
+@pytest.mark.parametrize(
+    "ours,theirs", [("gspo", "gspo"), ("cispo", "cispo"), ("sapo", "sapo"), ("gmpo", "geo_mean"), ("dro", "dro"), ("gpg", "gpg")]
+)
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_other_losses_match_verl_through_registry(ours, theirs, agg):
+    from verl.workers.config import PolicyLossConfig
+
+    gen = torch.Generator().manual_seed(3)
+    B, T = 6, 7
+    mask = (torch.arange(T) < torch.randint(1, T + 1, (B, 1), generator=gen)).float()
+    old = -torch.rand(B, T, generator=gen) * 2
+    new0 = old + 0.4 * torch.randn(B, T, generator=gen)
+    adv = torch.randn(B, 1, generator=gen).expand(B, T) * mask
+    isw = 0.5 + torch.rand(B, T, generator=gen)
+    cfg = actor_config(clip_ratio_low=0.2, clip_ratio_high=0.28, policy_loss=PolicyLossConfig(dro_beta=0.3))
+    cfg.global_batch_info.update(
+        dp_size=2, batch_num_tokens=int(mask.sum()) * 2, global_batch_size=B * 2, loss_scale_factor=16
+    )
+    out = []
+    for name in (f"grouprl.{ours}", theirs):
+        new = new0.clone().requires_grad_(True)
+        loss, _ = core_algos.get_policy_loss_fn(name)(
+            old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask,
+            loss_agg_mode=agg, config=cfg, rollout_is_weights=isw,
+        )
+        loss.backward()
+        out.append((loss.detach(), new.grad.clone()))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-6, rtol=1e-5)
+    assert float(out[1][1].abs().max()) > 0

@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--estimator-hparams", default="{}", help="JSON keyword arguments of the estimator")
     p.add_argument("--loss", default=None, help="grouprl policy loss (default: TRL's own loss_type)")
     p.add_argument("--loss-hparams", default="{}", help="JSON keyword arguments of the loss")
-    p.add_argument("--loss-agg", default="token-mean")
+    p.add_argument("--loss-agg", default=None, help="aggregation mode (default: the loss's own, else token-mean)")
     p.add_argument("--group-by", default="block", choices=["block", "prompt"])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=4, help="per-device train batch size")

@@ -82,8 +82,10 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         group_by: ``"block"`` (contiguous blocks of ``num_generations`` rows) or ``"prompt"``.
         loss: a grouprl policy-loss name; ``None`` keeps TRL's own loss (``args.loss_type``).
         loss_hparams: keyword arguments of the loss (clip ranges, ...).
-        loss_agg: grouprl aggregation mode (default ``"token-mean"``, normalised like TRL's
-            ``dapo``: tokens of the whole generation batch).
+        loss_agg: grouprl aggregation mode; ``None`` (default) = the loss's own mode if it has one
+            (GSPO, SAPO: ``seq-mean-token-mean``), else ``"token-mean"`` (normalised like TRL's
+            ``dapo``: tokens of the whole generation batch). A mode given here applies to every
+            loss.
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         group_by: str = "block",
         loss: str | None = None,
         loss_hparams: dict[str, Any] | None = None,
-        loss_agg: str = "token-mean",
+        loss_agg: str | None = None,
         **kwargs: Any,
     ) -> None:
         if group_by not in GROUP_BY:
@@ -106,8 +108,11 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         self.grouprl_loss_agg = loss_agg
         if loss is not None:
             from ..losses import LOSSES
+            from ..losses.aggregation import check_agg
 
             LOSSES[loss]  # unknown name -> error with suggestions, before the model is built
+            if loss_agg is not None:
+                check_agg(loss_agg)
         self._grouprl_rewards_per_func: Tensor | None = None
         self._grouprl_last: dict[str, Tensor] = {}
         super().__init__(*args, **kwargs)
@@ -263,13 +268,15 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         num_seqs = logps.shape[0] * accum
         ref = inputs.get("ref_per_token_logps") if self.beta != 0.0 else None
         is_weights = inputs.get("importance_sampling_ratio") if self.use_vllm else None
+        hparams = dict(self.grouprl_loss_hparams)
+        hparams.setdefault("respect_agg", self.grouprl_loss_agg is not None)
         loss, metrics = policy_loss(
             self.grouprl_loss,
             logps,
             old,
             adv,
             mask,
-            agg=self.grouprl_loss_agg,
+            agg=self.grouprl_loss_agg or "token-mean",
             num_tokens=num_tokens,
             num_seqs=num_seqs,
             norm_const=self.max_completion_length,
@@ -279,7 +286,7 @@ class GroupRLGRPOTrainer(GRPOTrainer):
             entropy=entropies,
             entropy_coef=float(getattr(self, "entropy_coef", 0.0) or 0.0),
             rollout_is_weights=is_weights,
-            **self.grouprl_loss_hparams,
+            **hparams,
         )
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accum

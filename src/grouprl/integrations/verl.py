@@ -380,6 +380,9 @@ VERL_ACTOR_FIELDS: dict[str, dict[str, str]] = {
 LOSS_HPARAMS_ENV = "GROUPRL_VERL_LOSS_HPARAMS"
 # policy_loss keyword arguments that may be set through $GROUPRL_VERL_LOSS_HPARAMS as well.
 _POLICY_LOSS_KWARGS = ("respect_agg", "validate")
+# verl applies its configured loss_agg_mode to every loss except those that hard-code a mode; the
+# grouprl losses restating the latter keep their own mode in verl, all others follow verl's.
+_VERL_OWN_AGG = frozenset({"sapo"})
 
 
 def _loss_defaults(name: str) -> dict[str, Any]:
@@ -425,8 +428,8 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
 
     Hyperparameters, later ones winning: the verl actor fields that verl's counterpart of the loss
     reads (``VERL_ACTOR_FIELDS``: clip ratios for ppo_clip/gspo/cispo/gmpo/clip_cov, ...), ``$GROUPRL_VERL_LOSS_HPARAMS`` (JSON), ``fixed_hparams``. The loss is
-    aggregated with verl's ``loss_agg_mode`` (or the loss's own mode, e.g. GSPO/SAPO, unless
-    ``respect_agg`` is set), normalised by verl's global counts (``config.global_batch_info``) and
+    aggregated with verl's ``loss_agg_mode`` as verl's own losses are (``respect_agg=True``; SAPO,
+    which verl hard-codes to ``seq-mean-token-mean``, keeps its own mode), normalised by verl's global counts (``config.global_batch_info``) and
     multiplied by ``dp_size`` as verl's ``agg_loss`` does. The metrics are this micro-batch's means
     (verl averages them over micro-batches), as Python floats: ``clipfrac`` → ``actor/pg_clipfrac``,
     ``ppo_kl`` → ``actor/ppo_kl``, the others under ``actor/grouprl/``.
@@ -450,6 +453,7 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
         hp = _actor_hparams(name, config, accepted)
         hp.update(_env_loss_hparams(name))
         hp.update(fixed_hparams)
+        hp.setdefault("respect_agg", name not in _VERL_OWN_AGG)
         unknown = sorted(k for k in hp if k not in accepted and k not in _POLICY_LOSS_KWARGS)
         if unknown:
             raise TypeError(
