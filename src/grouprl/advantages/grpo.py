@@ -36,13 +36,14 @@ def grpo(
     if scale not in SCALES:
         raise ValueError(f"grpo: scale={scale!r}; choose one of {SCALES}")
     st = group_stats(batch.rewards, batch.group, batch.num_groups, ddof=ddof)
-    adv = st.centered(batch.rewards)
     if scale == "group":
-        adv = adv / (st.rows(st.std) + eps)
-    elif scale == "batch":
+        adv = st.zscore(batch.rewards, eps)
+    else:
+        adv = st.centered(batch.rewards)
+    if scale == "batch":
         r = batch.rewards.double()
         std = r.std(correction=ddof) if len(batch) > ddof else r.new_zeros(())
-        adv = adv / (std + eps)
+        adv = adv / (std + eps) if float(std + eps) > 0 else adv
     return apply_singleton(adv, st, batch.rewards, singleton, "grpo")
 
 

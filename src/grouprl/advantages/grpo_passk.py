@@ -52,6 +52,6 @@ def grpo_passk(
     winner = is_max & (st.rows(n_max) == 1) & ~st.rows(st.singleton)
     # (a non-winner's "second" may be -inf: the where discards it)
     margin = torch.where(winner, r - st.rows(second), torch.zeros_like(r))
-    if scale:
-        margin = margin / (st.rows(st.std) + eps)
+    if scale:  # non-winners stay exactly 0 (also with eps = 0 on groups without spread)
+        margin = torch.where(winner, margin / (st.rows(st.std) + eps), margin)
     return margin

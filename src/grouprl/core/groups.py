@@ -118,8 +118,9 @@ class GroupStats:
         return out.masked_fill_(self.rows(self.constant), 0.0)
 
     def zscore(self, values: Tensor, eps: float = 1e-6) -> Tensor:
-        """(values − mean) / (std + eps), exactly 0.0 on constant groups (float64)."""
-        return self.centered(values) / (self.rows(self.std) + eps)
+        """(values − mean) / (std + eps), exactly 0.0 on constant groups (float64), also for eps = 0."""
+        std = self.rows(self.std) + eps
+        return self.centered(values) / torch.where(std > 0, std, torch.ones_like(std))
 
     def loo_mean(self, values: Tensor) -> Tensor:
         """Leave-one-out mean: mean of the *other* rows of the group; 0 for a group of one."""
