@@ -1,0 +1,107 @@
+"""Soft and geometric gates on the importance ratio: SAPO's sigmoid gate and GMPO's geometric mean."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._common import LOG_RATIO_CLAMP, log_ratio, resolve_eps
+from .registry import register_loss
+
+__all__ = ["sapo", "gmpo"]
+
+_L = math.log
+
+
+@register_loss(
+    "sapo",
+    paper="SAPO: Soft Adaptive Policy Optimization (Qwen team, 2025)",
+    agg="seq-mean-token-mean",
+    example={
+        "logprobs": [[_L(1.5), 0.0], [_L(0.5), 0.0]],
+        "old_logprobs": [[0.0, 0.0], [0.0, 0.0]],
+        "advantages": [[1.0, 1.0], [-1.0, -1.0]],
+        "mask": [[1, 1], [1, 0]],
+        "kwargs": {},
+    },
+)
+def sapo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.05,
+    log_ratio_clamp: float = LOG_RATIO_CLAMP,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """SAPO: a smooth, temperature-controlled gate instead of a hard clip.
+
+    ℓ = −f(ρ)·A with f(ρ) = σ(τ·(ρ − 1))·4/τ, τ = τ_pos if A > 0 else τ_neg (defaults 1.0 / 1.05,
+    as verl and TRL). f(1) = 2/τ and f'(1) = 1: at ρ = 1 the gradient equals the PPO/REINFORCE
+    gradient, and it decays smoothly (never to exactly 0) as ρ moves away from 1.
+
+    Aggregation: ``seq-mean-token-mean`` always, as the paper's objective and verl 0.9.1 (which
+    ignores ``loss_agg_mode`` for SAPO); ``respect_agg=True`` uses the caller's ``agg`` instead.
+    """
+    if tau_pos <= 0 or tau_neg <= 0:
+        raise ValueError(f"sapo: temperatures must be > 0, got tau_pos={tau_pos}, tau_neg={tau_neg}")
+    ratio = torch.exp(log_ratio(logprobs, old_logprobs, log_ratio_clamp))
+    tau = torch.where(advantages > 0, tau_pos, tau_neg).to(ratio.dtype)
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
+    return -gate * advantages, {}
+
+
+@register_loss(
+    "gmpo",
+    paper="Geometric-Mean Policy Optimization (GMPO), arXiv:2507.20673",
+    level="sequence",
+    example={
+        # row 0 (A = +1): log-ratios 0.6 -> clipped to 0.4, and 0.0; row 1 (A = −1): −0.2, −0.6 -> −0.4
+        "logprobs": [[0.6 - 1.0, -1.0], [-0.2 - 1.0, -0.6 - 1.0]],
+        "old_logprobs": [[-1.0, -1.0], [-1.0, -1.0]],
+        "advantages": [[1.0, 1.0], [-1.0, -1.0]],
+        "mask": [[1, 1], [1, 1]],
+        "kwargs": {},
+    },
+)
+def gmpo(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.4,
+    eps_high: float | None = None,
+    log_ratio_clamp: float = LOG_RATIO_CLAMP,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GMPO: maximise the geometric mean of the token ratios instead of their arithmetic mean.
+
+    Per token, the log-ratio is clipped sign-aware: for A > 0 at most ε_high, for A < 0 at least
+    −ε_low (the bound that would reward a larger step); the sequence ratio is
+    R_i = exp((1/|o_i|) Σ_t clipped log ρ_{i,t}) = (Π_t ρ̂_{i,t})^{1/|o_i|} and
+    ℓ_i = −Ā_i·R_i with Ā_i the row's mean advantage (paper eq. 4; the same as verl's
+    ``geo_mean``). Paper default ε = 0.4 on the log scale, i.e. ratios in (e^{−0.4}, e^{0.4}).
+
+    Sequence-level: ``policy_loss`` averages ℓ_i over the rows with at least one valid token
+    (global ``num_seqs``), whatever ``agg`` — verl's geo_mean ignores loss_agg_mode too (it takes
+    a plain mean over all B rows, including empty ones; here empty rows do not count).
+    """
+    el, eh = resolve_eps(eps_low, eps_high)
+    x = log_ratio(logprobs, old_logprobs, log_ratio_clamp)
+    sgn = torch.sign(advantages)
+    xc = x.clamp(-el, eh)
+    x_hat = sgn * torch.minimum(sgn * x, sgn * xc)
+    lengths = mask.sum(dim=1).clamp_min(1).to(x.dtype)
+    seq_ratio = torch.exp((x_hat * mask).sum(dim=1) / lengths)
+    seq_adv = (advantages * mask).sum(dim=1) / lengths
+    low = (advantages < 0) & (x < -el)
+    high = (advantages > 0) & (x > eh)
+    dt = x.dtype
+    return -seq_adv * seq_ratio, {
+        "clipfrac": (low | high).to(dt),
+        "clipfrac_low": low.to(dt),
+        "clipfrac_high": high.to(dt),
+    }

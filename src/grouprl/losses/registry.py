@@ -1,0 +1,283 @@
+"""The policy-loss registry and ``policy_loss``, the one entry point a trainer calls.
+
+A registered loss is a pure function
+
+    fn(logprobs, old_logprobs, advantages, mask, *, hparam=default, ...) -> (loss, metrics)
+
+on (B, T) tensors (``logprobs`` carries the gradient, the others are constants, ``mask`` bool).
+It returns the per-token loss (B, T) — or, for ``level="sequence"`` losses, one loss per row (B,) —
+and a dict of metric maps: a (B, T) map is averaged over the valid tokens, a (B,) map over the
+valid rows, a 0-d tensor is passed through. ``policy_loss`` validates and sanitises the inputs
+(masked positions are replaced by harmless values, so padding that holds −inf or NaN cannot leak
+into the loss or its gradient), multiplies by rollout IS weights, aggregates with the GLOBAL
+normalisers it is given, and adds the KL and entropy terms.
+
+All metrics are 0-d detached tensors normalised by the same global counts as the loss, so the
+metrics of the micro-batches of one mini-batch SUM to the full-batch metric. Nothing calls
+``.item()``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..core import Registry, suggest
+from .aggregation import Number, _norm_const, aggregate, check_agg
+from .kl import kl_penalty
+
+__all__ = ["LossInfo", "LOSSES", "register_loss", "policy_loss", "token_losses", "example_inputs", "run_example"]
+
+LEVELS = ("token", "sequence")
+STANDARD_METRICS = ("clipfrac", "clipfrac_low", "clipfrac_high")
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """A registered policy loss: the function and its metadata."""
+
+    name: str
+    fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]
+    paper: str
+    level: str
+    agg: str | None
+    example: dict[str, Any] | None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.fn.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        return self.doc.split("\n", 1)[0] if self.doc else ""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.fn(*args, **kwargs)
+
+
+LOSSES: Registry[LossInfo] = Registry("policy loss")
+
+
+def _keyword_defaults(fn: Callable) -> dict[str, Any]:
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def register_loss(
+    name: str,
+    *,
+    paper: str = "",
+    level: str = "token",
+    agg: str | None = None,
+    example: dict[str, Any] | None = None,
+):
+    """Register ``fn`` as the policy loss ``name``.
+
+    ``level``: ``"token"`` (fn returns a (B, T) loss) or ``"sequence"`` (a (B,) loss, aggregated
+    as a mean over the valid rows whatever ``agg`` says). ``agg``: the loss's own aggregation mode,
+    used for its policy-gradient term instead of the caller's ``agg`` unless the caller passes
+    ``respect_agg=True`` (verl hard-codes such modes, e.g. SAPO). ``example``: a worked example for
+    ``grouprl explain``: ``{"logprobs": [[...]], "old_logprobs": [[...]], "advantages": [[...]],
+    "mask": [[...]], "kwargs": {...}}`` as nested (B, T) lists.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"register_loss({name!r}): level={level!r}; choose one of {LEVELS}")
+    if agg is not None:
+        check_agg(agg)
+
+    def deco(fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]):
+        LOSSES.add(name, LossInfo(name, fn, paper, level, agg, example, _keyword_defaults(fn)))
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_hparams(info: LossInfo, hparams: dict[str, Any]) -> None:
+    for k in hparams:
+        if k not in info.defaults:
+            hint = suggest(k, info.defaults) if info.defaults else "it takes no hyperparameters"
+            raise TypeError(f"policy loss {info.name!r} got an unknown hyperparameter {k!r}: {hint}")
+
+
+def _as_float(x: Any, like: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
+    t = torch.as_tensor(x, device=like.device)
+    if not t.dtype.is_floating_point:
+        t = t.to(like.dtype)
+    if name == "advantages" and t.dim() == 1 and len(shape) == 2 and t.shape[0] == shape[0]:
+        t = t.unsqueeze(1).expand(shape)  # one advantage per row (TRL style) -> every token
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape} like logprobs")
+    return t.to(like.dtype)
+
+
+def _check_finite(adv: Tensor, mask: Tensor) -> None:
+    bad = mask & ~torch.isfinite(adv)
+    if bool(bad.any()):  # the one host sync; skipped with validate=False
+        r, t = (int(v) for v in bad.nonzero()[0])
+        what = "NaN" if bool(torch.isnan(adv[r, t])) else "an infinite value"
+        raise ValueError(
+            f"advantages has {what} at row {r} (token {t}); NaN survives masking (NaN*0 = NaN): "
+            "fix the reward or estimator for that row, or set its advantage to 0 before the loss."
+        )
+
+
+def _prepare(logprobs, old_logprobs, advantages, mask, validate: bool):
+    if not isinstance(logprobs, Tensor) or logprobs.dim() != 2 or not logprobs.dtype.is_floating_point:
+        raise ValueError(
+            "logprobs must be a float (B, T) tensor (the current policy's log-probs of the sampled "
+            f"tokens, with gradient); got {type(logprobs).__name__}"
+            + (f" of shape {tuple(logprobs.shape)}" if isinstance(logprobs, Tensor) else "")
+        )
+    shape = tuple(logprobs.shape)
+    m = torch.as_tensor(mask, device=logprobs.device)
+    if tuple(m.shape) != shape:
+        raise ValueError(f"mask has shape {tuple(m.shape)}, expected {shape} like logprobs")
+    m = m.to(torch.bool)
+    old = _as_float(old_logprobs, logprobs, "old_logprobs", shape).detach()
+    adv = _as_float(advantages, logprobs, "advantages", shape).detach()
+    if validate:
+        _check_finite(adv, m)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    lp = torch.where(m, logprobs, zero)
+    return lp, torch.where(m, old, zero), torch.where(m, adv, zero), m, zero
+
+
+def token_losses(name: str, logprobs, old_logprobs, advantages, mask, **hparams: Any):
+    """The raw output of loss ``name``: its per-token (or per-sequence) loss and metric maps,
+    before IS weights, aggregation, KL and entropy (for explanations and tests)."""
+    info = LOSSES[name]
+    _check_hparams(info, hparams)
+    lp, old, adv, m, _ = _prepare(logprobs, old_logprobs, advantages, mask, True)
+    return info.fn(lp, old, adv, m, **hparams)
+
+
+def policy_loss(
+    name: str,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "token-mean",
+    num_tokens: Number | None = None,
+    num_seqs: Number | None = None,
+    norm_const: Number | None = None,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_type: str = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    rollout_is_weights: Tensor | None = None,
+    respect_agg: bool = False,
+    validate: bool = True,
+    **hparams: Any,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scalar policy loss of the registered loss ``name`` and its metrics.
+
+    loss = agg(w ⊙ ℓ_name) + kl_coef · agg(KL_{kl_type}(π_θ ‖ π_ref)) − entropy_coef · agg(H)
+
+    - ``logprobs`` (B, T) carries the gradient; ``old_logprobs``, ``advantages`` ((B, T) or (B,)),
+      ``ref_logprobs``, ``rollout_is_weights`` are constants; ``mask`` (B, T) bool; ``entropy``
+      (B, T) may carry a gradient.
+    - ``agg`` one of ``AGG_MODES``; ``num_tokens``/``num_seqs`` the GLOBAL counts of the full
+      (mini-)batch from ``normalizers(full_mask)`` (``None``: local counts of this call, verl's
+      per-micro-batch behaviour); ``norm_const`` Dr. GRPO's constant for ``seq-mean-token-sum-norm``
+      (``None``: the padded width T, with a warning).
+    - A loss registered with its own ``agg`` (``sapo``, ``gspo``) uses it for the policy-gradient
+      term unless ``respect_agg=True``; the KL and entropy terms always use ``agg``. A
+      sequence-level loss (``gmpo``) is a mean over valid rows; its IS weight is the row's mean
+      weight.
+    - ``**hparams`` go to the loss (unknown ones: TypeError with close matches).
+
+    Metrics (0-d, detached): ``pg_loss``, ``clipfrac``, ``clipfrac_low``, ``clipfrac_high``,
+    ``ppo_kl`` (mean of log π_old − log π_θ over valid tokens), the loss's own extras, ``kl`` (with
+    ``ref_logprobs``) and ``entropy`` (with ``entropy``). Token metrics divide by ``num_tokens``
+    and row metrics by ``num_seqs``, so micro-batch metrics sum to the full-batch value.
+    """
+    info = LOSSES[name]
+    _check_hparams(info, hparams)
+    check_agg(agg)
+    lp, old, adv, m, zero = _prepare(logprobs, old_logprobs, advantages, mask, validate)
+    if agg == "seq-mean-token-sum-norm" or info.agg == "seq-mean-token-sum-norm":
+        norm_const = _norm_const(norm_const, m, lp)  # warns once here if None
+    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
+
+    out, raw_metrics = info.fn(lp, old, adv, m, **hparams)
+    if rollout_is_weights is not None:
+        w = torch.where(m, _as_float(rollout_is_weights, lp, "rollout_is_weights", tuple(lp.shape)), zero)
+        if out.dim() == 2:
+            out = out * w.detach()
+        else:
+            out = out * (w.sum(dim=1) / m.sum(dim=1).clamp_min(1)).detach()
+    pg_agg = info.agg if (info.agg is not None and not respect_agg) else agg
+    pg_loss = aggregate(out, m, pg_agg, **norms)
+    loss = pg_loss
+
+    metrics: dict[str, Tensor] = {"pg_loss": pg_loss.detach()}
+    for k in STANDARD_METRICS:
+        metrics[k] = zero.detach()
+    for k, v in raw_metrics.items():
+        v = v.detach()
+        if v.dim() == 2:
+            v = aggregate(v.to(lp.dtype), m, "token-mean", num_tokens=num_tokens)
+        elif v.dim() == 1:
+            v = aggregate(v.to(lp.dtype), m, "token-mean", num_seqs=num_seqs)
+        metrics[k] = v
+    metrics["ppo_kl"] = aggregate((old - lp).detach(), m, "token-mean", num_tokens=num_tokens)
+
+    if ref_logprobs is not None:
+        ref = torch.where(m, _as_float(ref_logprobs, lp, "ref_logprobs", tuple(lp.shape)), zero)
+        kl = aggregate(kl_penalty(lp, ref, kl_type), m, agg, **norms)
+        metrics["kl"] = kl.detach()
+        if kl_coef:
+            loss = loss + kl_coef * kl
+    elif kl_coef:
+        raise ValueError(f"kl_coef={kl_coef} needs ref_logprobs (the reference policy's log-probs, (B, T)).")
+
+    if entropy is not None:
+        if tuple(entropy.shape) != tuple(lp.shape):
+            raise ValueError(f"entropy has shape {tuple(entropy.shape)}, expected {tuple(lp.shape)}")
+        ent = aggregate(torch.where(m, entropy.to(lp.dtype), zero), m, agg, **norms)
+        metrics["entropy"] = ent.detach()
+        if entropy_coef:
+            loss = loss - entropy_coef * ent
+    elif entropy_coef:
+        raise ValueError(f"entropy_coef={entropy_coef} needs entropy (per-token entropies, (B, T)).")
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+def example_inputs(name: str, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+    """The worked example of loss ``name`` as tensors: logprobs (a leaf requiring grad),
+    old_logprobs, advantages, mask and the keyword arguments."""
+    info = LOSSES[name]
+    if not info.example:
+        raise ValueError(f"policy loss {name!r} has no worked example")
+    ex = dict(info.example)
+    out: dict[str, Any] = {
+        "logprobs": torch.tensor(ex["logprobs"], dtype=dtype).requires_grad_(True),
+        "old_logprobs": torch.tensor(ex["old_logprobs"], dtype=dtype),
+        "advantages": torch.tensor(ex["advantages"], dtype=dtype),
+    }
+    out["mask"] = (
+        torch.tensor(ex["mask"], dtype=torch.bool) if "mask" in ex else torch.ones_like(out["old_logprobs"], dtype=torch.bool)
+    )
+    out["kwargs"] = dict(ex.get("kwargs", {}))
+    return out
+
+
+def run_example(name: str, **overrides: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss`` on the worked example of ``name`` (``overrides`` update its kwargs)."""
+    ex = example_inputs(name)
+    kwargs = {**ex.pop("kwargs"), **overrides}
+    return policy_loss(name, ex["logprobs"], ex["old_logprobs"], ex["advantages"], ex["mask"], **kwargs)
+
