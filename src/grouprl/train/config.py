@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     # advantage and loss
     estimator: str = Field("grpo", description="any registered estimator name or expression")
     estimator_kwargs: dict[str, Any] = Field(default_factory=dict)
-    loss: str = Field("ppo", description="policy loss name (grouprl.losses.LOSSES)")
+    loss: str = Field("ppo_clip", description="policy loss name (grouprl.losses.LOSSES)")
     loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     agg: str = Field("token-mean", description="loss aggregation mode")
     norm_const: float | None = Field(None, description="constant for agg=seq-mean-token-sum-norm (default max_new_tokens)")
@@ -93,9 +93,42 @@ class TrainConfig(BaseModel):
     @field_validator("agg")
     @classmethod
     def _agg(cls, v: str) -> str:
-        allowed = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-        if v not in allowed:
-            raise ValueError(f"unknown aggregation {v!r}; choose one of {', '.join(allowed)}")
+        from ..losses import AGG_MODES
+
+        if v not in AGG_MODES:
+            raise ValueError(f"unknown aggregation {v!r}; choose one of {', '.join(AGG_MODES)}")
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        from ..losses import LOSSES
+
+        if v not in LOSSES:
+            close = [n for n in LOSSES if n.startswith(v) or v.startswith(n)]
+            close += [n for n in difflib.get_close_matches(v, list(LOSSES), n=3, cutoff=0.5) if n not in close]
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(f"unknown policy loss {v!r}; {hint}registered: {', '.join(sorted(LOSSES))}")
+        return v
+
+    @field_validator("kl_type")
+    @classmethod
+    def _kl_type(cls, v: str) -> str:
+        from ..losses import KL_TYPES
+
+        if v not in KL_TYPES:
+            raise ValueError(f"unknown KL estimator {v!r}; choose one of {', '.join(KL_TYPES)}")
+        return v
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator(cls, v: str) -> str:
+        from ..advantages import registry
+
+        try:
+            registry.parse(v)
+        except Exception as exc:  # UnknownName (with suggestions) or a malformed expression
+            raise ValueError(str(exc).strip("'\"")) from None
         return v
 
     @model_validator(mode="after")
@@ -115,6 +148,16 @@ class TrainConfig(BaseModel):
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUMABLE_FIELDS = frozenset({"steps", "threads", "tensorboard", "progress", "out_dir", "name", "save_every", "keep_checkpoints"})
+
+
+class _Flag:
+    """A bare ``--key`` (no value): True for a bool field, an error for any other."""
+
+    def __repr__(self) -> str:
+        return "<flag without value>"
+
+
+_FLAG = _Flag()
 
 
 def _coerce(text: str) -> Any:
@@ -139,7 +182,7 @@ def parse_overrides(words: list[str]) -> dict[str, Any]:
                 key, val = body, words[i + 1]
                 i += 1
             else:
-                key, val = body, "true"
+                key, val = body, _FLAG
         elif "=" in w:
             key, val = w.split("=", 1)
         else:
@@ -151,7 +194,7 @@ def parse_overrides(words: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {p} is set both as a value and as a dict")
-        node[parts[-1]] = _coerce(val)
+        node[parts[-1]] = val if val is _FLAG else _coerce(val)
         i += 1
     return out
 
@@ -171,13 +214,18 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
             close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(fields)}."
             raise ConfigError(f"unknown config key {key!r}.{hint}")
+        if values[key] is _FLAG:
+            if TrainConfig.model_fields[key].annotation is not bool:
+                raise ConfigError(f"--{key} needs a value: write --{key} VALUE or {key}=VALUE")
+            values = {**values, key: True}
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "config"
-            lines.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {err.get('input')!r})")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 

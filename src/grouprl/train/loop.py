@@ -272,7 +272,6 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             for mini in perm.tensor_split(cfg.mini_batches):
                 norms = normalizers(mask[mini])  # global normalisers of this mini-batch
                 optimizer.zero_grad(set_to_none=True)
-                mini_tokens = float(mask[mini].sum())
                 for mb in _micro_batches(mini, cfg.micro_batch_size):
                     lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
                                                 mask[mb], temperature=cfg.temperature,
@@ -283,10 +282,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
                         kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
                         entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs)
                     loss.backward()
-                    w = float(mask[mb].sum()) / max(mini_tokens, 1.0)  # token share of this micro-batch
-                    loss_sums["loss"] = loss_sums.get("loss", 0.0) + float(loss)
+                    # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
+                    loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
                     for k, v in lm.items():
-                        loss_sums[k] = loss_sums.get(k, 0.0) + w * float(v)
+                        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                 grad_norms.append(float(gn))
                 optimizer.step()
