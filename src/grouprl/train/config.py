@@ -85,6 +85,9 @@ class TrainConfig(BaseModel):
     # output
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
+    reward_fn: str | None = Field(
+        None, description="'module:function' scoring (example, completion) -> float, replacing the task's verifier"
+    )
     reward_timeout_s: float = Field(2.0, gt=0)
     failure_reward: float = 0.0
     tensorboard: bool = True

@@ -125,6 +125,22 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
     return load_pretrained(str(sft_dir))
 
 
+def load_reward_fn(spec: str):
+    """Import ``'package.module:function'`` (a verifier ``fn(example, completion) -> float``)."""
+    import importlib
+
+    mod_name, _, fn_name = spec.partition(":")
+    if not mod_name or not fn_name:
+        raise ConfigError(f"reward_fn: {spec!r} is not 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"reward_fn: cannot import {spec!r} ({exc})") from None
+    if not callable(fn):
+        raise ConfigError(f"reward_fn: {spec!r} is not callable")
+    return fn
+
+
 def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(rows.split(size))
 
@@ -157,7 +173,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     task = get_task(cfg.task, seed=cfg.seed)
     pool = list(task.train_pool)
     eval_set = list(task.eval_examples)[: cfg.eval_size]
-    guard = RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward)
+    score = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.score
+    guard = RewardGuard(score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward)
     model, tok = load_initial_model(cfg, task, run_dir, console)
     model.train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
