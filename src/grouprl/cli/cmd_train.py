@@ -102,9 +102,10 @@ def sft(ctx: typer.Context) -> None:
     import torch
 
     from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
-    from ..tasks import RewardGuard, get_task
+    from ..tasks import get_task
     from ..train import ConfigError, load_config, parse_overrides
     from ..train.data import evaluate, step_generator
+    from ..train.loop import eval_subset, make_guard
     from ..train.sft import sft as run_sft
 
     console = Console()
@@ -130,8 +131,8 @@ def sft(ctx: typer.Context) -> None:
                    warmup_steps=cfg.sft_warmup_steps, seed=cfg.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_pretrained(model, tok, str(out))
-    guard = RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward)
-    ev = evaluate(model, tok, list(task.eval_examples)[: cfg.eval_size], guard, max_new_tokens=cfg.max_new_tokens,
+    guard = make_guard(cfg, task)
+    ev = evaluate(model, tok, eval_subset(task, cfg.eval_size), guard, max_new_tokens=cfg.max_new_tokens,
                   pass_k=cfg.pass_k, pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
                   generator=step_generator(cfg.seed, 0, 5))
     (out / "sft_eval.json").write_text(json.dumps({"steps": cfg.sft_steps, "final_loss": hist[-1]["loss"] if hist else None,

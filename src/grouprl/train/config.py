@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     micro_batch_size: int = Field(128, ge=1, description="rows per forward/backward (gradient accumulation)")
     # evaluation
     eval_every: int = Field(10, ge=0, description="evaluate every N RL steps (0 = only start and end)")
-    eval_size: int = Field(200, ge=1, description="first N examples of the task's fixed eval set")
+    eval_size: int = Field(500, ge=1, description="evaluate on N evenly spaced examples of the task's fixed eval set")
     pass_k: int = Field(4, ge=1, description="k of the sampled pass@k")
     pass_k_size: int = Field(50, ge=0, description="eval examples used for pass@k (0 = skip)")
     # output

@@ -141,6 +141,28 @@ def load_reward_fn(spec: str):
     return fn
 
 
+def make_guard(cfg: TrainConfig, task: Any):
+    """The RewardGuard around the verifier: ``reward_fn`` if given (untrusted: a worker process with
+    a timeout), else the task's own scorer (in-process when the task says it is trusted)."""
+    from ..tasks import RewardGuard
+
+    if cfg.reward_fn:
+        return RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
+                           failure_reward=cfg.failure_reward)
+    return RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
+                       trusted=bool(getattr(task, "trusted", False)))
+
+
+def eval_subset(task: Any, size: int) -> list:
+    """A fixed, seed-independent subset of the task's held-out examples: evenly spaced indices, so
+    every sub-task keeps its share and runs with different seeds are evaluated on the same set."""
+    examples = list(task.eval_examples)
+    if size >= len(examples):
+        return examples
+    idx = torch.linspace(0, len(examples) - 1, size).round().long().unique().tolist()
+    return [examples[i] for i in idx]
+
+
 def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(rows.split(size))
 
@@ -161,7 +183,7 @@ def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConf
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
     """Run (or resume) RL training as configured; returns the summary (also in summary.json)."""
     from ..losses import normalizers, policy_loss
-    from ..tasks import RewardGuard, get_task
+    from ..tasks import get_task
 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -172,9 +194,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     # -- task, verifier guard, model, reference, optimizer, sampler
     task = get_task(cfg.task, seed=cfg.seed)
     pool = list(task.train_pool)
-    eval_set = list(task.eval_examples)[: cfg.eval_size]
-    score = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else task.score
-    guard = RewardGuard(score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward)
+    eval_set = eval_subset(task, cfg.eval_size)
+    guard = make_guard(cfg, task)
     model, tok = load_initial_model(cfg, task, run_dir, console)
     model.train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
@@ -347,6 +368,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             })
         progress.update(row, ev)
     progress.close()
+    if hasattr(guard, "close"):
+        guard.close()
     metrics_log.close()
     eval_log.close()
     tb.close()
