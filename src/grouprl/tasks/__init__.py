@@ -1,53 +1,95 @@
-"""TEMPORARY SHIM (not committed): replaced by branch models-tasks."""
+"""Floor 3: tasks (prompt pools, fixed eval splits, verifiers) and the reward guard.
+
+    from grouprl.tasks import get_task, RewardGuard
+
+    task = get_task("mix:add1,add2,sub2", seed=0)
+    guard = RewardGuard.for_task(task)            # built-in verifiers run in-process
+    rewards, failed = guard.score_batch(examples, completions)
+
+Task names: the arithmetic tasks ``add1..add3``, ``sub1..sub3``, ``mul1..mul3``; ``mixed``
+(= ``mix:add1,add2,sub2,mul1``); any ``mix:<name>,<name>,...``; and ``rg:<dataset>`` for a
+reasoning-gym dataset (optional extra ``grouprl[gym]``).
+"""
+
 from __future__ import annotations
-import math, random, threading
-from dataclasses import dataclass, field
-import torch
 
-@dataclass
-class Example:
-    prompt: str
-    answer: str
-    data_group: str = ""
-    meta: dict = field(default_factory=dict)
+from typing import Any, Callable
 
-class Task:
-    def __init__(self, name, train_pool, eval_examples):
-        self.name, self.train_pool, self.eval_examples = name, train_pool, eval_examples
-        self.data_groups = sorted({e.data_group for e in train_pool})
-    def score(self, example, completion):
-        return float(completion.strip() == example.answer)
-    def reference(self, example):
-        return example.answer
+from ..core.registry import Registry, UnknownName, suggest
+from .arithmetic import OPS, Arithmetic, Mixed
+from .base import EOS_MARKERS, Example, Task, first_line
+from .guard import FAILURE_KINDS, RewardGuard
+from .gym import ReasoningGymTask, import_reasoning_gym
 
-def _add(rng, d):
-    a = rng.randint(0, 10**d - 1); b = rng.randint(0, 10**d - 1)
-    return Example(f"{a}+{b}=", str(a + b), f"add{d}")
+__all__ = [
+    "Arithmetic",
+    "EOS_MARKERS",
+    "Example",
+    "FAILURE_KINDS",
+    "Mixed",
+    "ReasoningGymTask",
+    "RewardGuard",
+    "TASKS",
+    "Task",
+    "first_line",
+    "get_task",
+    "import_reasoning_gym",
+    "register_task",
+]
 
-def get_task(name, seed=0):
-    rng = random.Random(seed)
-    digits = {"add1": [1], "add2": [2], "mixed": [1, 2]}[name]
-    ex = [_add(rng, digits[i % len(digits)]) for i in range(3000)]
-    seen = set(); pool = []
-    for e in ex:
-        if e.prompt not in seen: seen.add(e.prompt); pool.append(e)
-    ev = pool[:200]; tr = pool[200:]
-    return Task(name, tr, ev)
+#: name -> factory(seed=..., **kw) -> Task.
+TASKS: Registry[Callable[..., Task]] = Registry("task")
 
-class RewardGuard:
-    def __init__(self, score_fn, timeout_s=1.0, failure_reward=0.0, trusted=False):
-        self.score_fn, self.timeout_s, self.failure_reward = score_fn, timeout_s, failure_reward
-        self.failures = 0
-    def _one(self, ex, c):
-        box = {}
-        def run():
-            try: box["v"] = float(self.score_fn(ex, c))
-            except Exception as e: box["e"] = e
-        t = threading.Thread(target=run, daemon=True); t.start(); t.join(self.timeout_s)
-        v = box.get("v")
-        if v is None or not math.isfinite(v): return self.failure_reward, True
-        return v, False
-    def score_batch(self, examples, completions):
-        out = [self._one(e, c) for e, c in zip(examples, completions)]
-        r = torch.tensor([o[0] for o in out], dtype=torch.float32); f = torch.tensor([o[1] for o in out])
-        self.failures += int(f.sum()); return r, f
+#: The default mixed task's parts.
+MIXED_DEFAULT = ("add1", "add2", "sub2", "mul1")
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> Callable[..., Task]:
+    """Register ``factory(seed=..., **kw) -> Task`` under ``name`` (``get_task(name)`` finds it)."""
+    if ":" in name or "," in name:
+        raise ValueError(f"task name {name!r} may not contain ':' or ','; those are spec separators.")
+    return TASKS.add(name, factory)
+
+
+def _arith(op: str, digits: int) -> Callable[..., Task]:
+    def make(seed: int = 0, **kw: Any) -> Task:
+        return Arithmetic(op, digits, seed=seed, **kw)
+
+    make.__doc__ = f"{op} with operands of up to {digits} digit(s)"
+    return make
+
+
+for _op in OPS:
+    for _d in (1, 2, 3):
+        register_task(f"{_op}{_d}", _arith(_op, _d))
+register_task("mixed", lambda seed=0, **kw: _mix(list(MIXED_DEFAULT), seed, name="mixed", **kw))
+
+
+def _mix(parts: list[str], seed: int, name: str | None = None, **kw: Any) -> Task:
+    if not parts or any(not p for p in parts):
+        raise ValueError(f"empty task name in a mix spec {parts}; write e.g. 'mix:add1,add2'.")
+    return Mixed([get_task(p, seed=seed, **kw) for p in parts], seed=seed, name=name)
+
+
+def get_task(spec: "str | Task", seed: int = 0, **kw: Any) -> Task:
+    """The task named by ``spec``: a registered name, ``"mix:a,b,..."`` or ``"rg:<dataset>"``.
+
+    Keyword arguments go to the task's constructor (e.g. ``train_size``, ``eval_size`` for the
+    arithmetic tasks; ``size``, ``eval_size`` for reasoning-gym). A Task passes through unchanged.
+    """
+    if isinstance(spec, Task):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"task spec must be a str or a Task, got {type(spec).__name__}.")
+    spec = spec.strip()
+    if spec.startswith("mix:"):
+        return _mix([p.strip() for p in spec[4:].split(",")], seed, **kw)
+    if spec.startswith("rg:"):
+        name = spec[3:].strip()
+        if not name:
+            raise ValueError("'rg:' needs a reasoning-gym dataset name, e.g. 'rg:leg_counting'.")
+        return ReasoningGymTask(name, seed=seed, **kw)
+    if spec not in TASKS:
+        choices = [*TASKS, "mix:<a>,<b>", "rg:<dataset>"]
+        raise UnknownName(f"unknown task {spec!r}: {suggest(spec, choices)}")
+    return TASKS[spec](seed=seed, **kw)
