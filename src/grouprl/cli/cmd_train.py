@@ -117,7 +117,6 @@ def sft(ctx: typer.Context) -> None:
         return
     out = Path(special.get("out") or Path(cfg.out_dir) / f"sft-{time.strftime('%Y%m%d-%H%M%S')}")
     torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(True)
     task = get_task(cfg.task, seed=cfg.seed)
     from ..models import PRESETS
 
