@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             "reward_failures": step_failures,
             "reward_failures_total": failures_total,
             **{k: v / n_updates for k, v in loss_sums.items()},
-            **{f"sampler/{k}": float(v) for k, v in sampler_metrics.items()},
+            **_scalars("sampler/", sampler_metrics),
         }
         if ref_lp is not None:
             d = ref_lp - old_lp
@@ -377,6 +377,17 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     summary = _summary(run_dir, cfg)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _scalars(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar entries of a metrics dict (numbers and one-element tensors), prefixed."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = float(v)
+    return out
 
 
 def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
