@@ -116,8 +116,7 @@ def spo_chain_advantages(segment_values: Tensor, segment_id: Tensor, rewards: Te
         "group": [0],
         "mask": [[1] * 10],
         "token_probs": [[0.95, 0.5, 0.99, 0.6, 0.97, 0.3, 0.98, 0.8, 0.99, 0.99]],
-        "segment_id": [[0, 1, 1, 1, 1, 2, 2, 2, 2, 2]],
-        "segment_values": [[0.5, 0.25]],
+        "extras": {"segment_id": [[0, 1, 1, 1, 1, 2, 2, 2, 2, 2]], "segment_values": [[0.5, 0.25]]},
         "kwargs": {"whiten": False},
     },
 )

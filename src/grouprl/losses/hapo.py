@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.entropy import normalized_entropy
+from ..core.entropy import EntropyStats
 from ._common import LOG_RATIO_CLAMP, clipped_surrogate, log_ratio, resolve_eps
 from .registry import register_loss
 
@@ -65,6 +65,7 @@ def hapo(
     mask: Tensor,
     *,
     token_entropy: Tensor | None = None,
+    entropy_stats: EntropyStats | None = None,
     eps_low: float = 0.2,
     eps_high: float | None = 0.2,
     adv_beta: float = 1.0,
@@ -83,7 +84,9 @@ def hapo(
         A' = hapo_redistribute(A, ρ, ĥ, ε_low*, ε_high*, β)          (§2.4, no gradient)
         ℓ = −min(ρ A', clip(ρ, 1 − ε_low*, 1 + ε_high*) A'), dual clip c = 10 for A' < 0
 
-    Aggregate with ``token-mean`` (the recipe). ``adv_beta=0, clip_alpha=0`` is exactly
+    The statistics of ĥ come from this call's valid tokens (per micro-batch, as the reference
+    code) unless ``entropy_stats`` (``EntropyStats.fit`` over the whole mini-batch) is given, which
+    makes the loss micro-batch invariant. Aggregate with ``token-mean`` (the recipe). ``adv_beta=0, clip_alpha=0`` is exactly
     ``ppo_clip`` with ε = 0.2/0.2 and ``clip_ratio_c=10``. Metrics: ``hapo_h_mean`` (mean ĥ),
     ``hapo_redistributed`` (fraction of tokens whose advantage was modulated).
     """
@@ -97,7 +100,8 @@ def hapo(
         raise ValueError(f"token_entropy has shape {tuple(ent.shape)}, expected {tuple(logprobs.shape)} like logprobs")
     el, eh = resolve_eps(eps_low, eps_high)
     ent = torch.where(mask, ent.detach().to(torch.float32), torch.ones((), device=ent.device))
-    h_hat = normalized_entropy(ent, mask, pivot=entropy_pivot, code_compat=code_compat).to(logprobs.dtype)
+    stats = entropy_stats if entropy_stats is not None else EntropyStats.fit(ent, mask, pivot=entropy_pivot)
+    h_hat = stats.normalize(ent, code_compat=code_compat).to(logprobs.dtype)
     eps_l, eps_h = hapo_clip_ranges(h_hat, el, eh, clip_alpha)
     ratio = torch.exp(log_ratio(logprobs, old_logprobs, log_ratio_clamp))
     adv = hapo_redistribute(advantages, ratio.detach(), h_hat, eps_l, eps_h, adv_beta)
