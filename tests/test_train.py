@@ -97,6 +97,11 @@ def test_few_step_run(tmp_path, estimator, extra):
     final = _params(run)
     assert any(not torch.equal(v, final[k]) for k, v in sft_model.state_dict().items())
     assert json.loads((run / "summary.json").read_text())["estimator"] == estimator
+    if estimator == "grpo":  # the learning-curve PNG
+        from grouprl.train.plot import plot_run
+
+        png = plot_run(run)
+        assert png == run / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_kl_to_reference_in_loss_and_in_reward(tmp_path):
