@@ -39,6 +39,9 @@ def test_tlga_equal_lengths_is_population_std():
 def test_tlga_fallback_to_grpo():
     a = tlga([1.0, 0, 0, 0], [10, 1000, 1000, 1000])
     assert torch.allclose(a, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5)
+    # without the std the reference code checks the same threshold and falls back to r − mean
+    a = tlga([10.0, 0, 0, 0], [1, 1000, 1000, 1000], norm_by_std=False)
+    assert torch.allclose(a, torch.tensor([7.5, -2.5, -2.5, -2.5]), atol=1e-5)
     off = tlga([1.0, 0, 0, 0], [10, 1000, 1000, 1000], fallback=None)
     assert off[0].item() == pytest.approx(17.3, abs=0.05)
 

@@ -45,10 +45,10 @@ def hapo_tlga(
         μ_tok = Σ_i L_i r_i / Σ_i L_i,   σ_tok = sqrt(Σ_i L_i (r_i − μ_tok)² / Σ_i L_i),
         A_i = (r_i − μ_tok) / (σ_tok + ε)        (``norm_by_std=False``: A_i = r_i − μ_tok)
 
-    Safety fallback (reference code): a group with any |A_i| ≥ ``fallback`` (5) uses the ordinary
-    GRPO advantage (ddof 1) instead (rows without valid tokens do not trigger it); ``fallback=None`` disables it. The fallback is applied only
-    with ``norm_by_std=True`` (its threshold is on the standardised scale; **proposed reading**, the
-    spec does not say). A group of one, a constant group and a fully masked group give exactly 0;
+    Safety fallback (reference code): a group with any |A_i| ≥ ``fallback`` (5) on a valid row uses
+    the ordinary GRPO advantage (ddof 1; with ``norm_by_std=False`` the un-normalised r − mean, as
+    the reference code, which checks the threshold in both modes) instead; ``fallback=None``
+    disables it. A group of one, a constant group and a fully masked group give exactly 0;
     an all-masked response is excluded from its group's statistics. With equal lengths TLGA is
     GRPO with the population std (ddof 0).
     """
@@ -63,11 +63,10 @@ def hapo_tlga(
     st = group_stats(r, ids, G, ddof=1)
     degenerate = st.rows(st.constant | (W == 0))
     dev = dev.masked_fill(degenerate, 0.0)
-    if not norm_by_std:
-        return dev
-    adv = dev / (var.sqrt()[ids] + eps)
+    adv = dev / (var.sqrt()[ids] + eps) if norm_by_std else dev
     if fallback is not None:
         big = zeros.index_add(0, ids, ((adv.abs() >= fallback) & (w > 0)).to(torch.float64)) > 0
         if bool(big.any()):
-            adv = torch.where(big[ids], grpo(batch, scale="group", eps=eps, ddof=1), adv)
+            plain = grpo(batch, scale="group" if norm_by_std else "none", eps=eps, ddof=1)
+            adv = torch.where(big[ids], plain, adv)
     return adv
