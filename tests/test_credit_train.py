@@ -21,6 +21,7 @@ METHODS = {
     "spo_chain": dict(estimator="spo_chain", credit="spo_chain", credit_kwargs={"interval": 1, "samples": 2}),
     "ppo_gae": dict(estimator="gae", estimator_kwargs={"lam": 0.95}, credit="critic"),
     "tppo_egae": dict(estimator="egae", credit="critic"),
+    "tppo": dict(estimator="egae", credit="tppo", credit_kwargs={"max_total_tokens": 9}),
 }
 
 
@@ -46,6 +47,14 @@ def test_few_step_run(tmp_path, method):
         assert rows[0]["spo/cut_points_per_response"] > 0 and rows[0]["spo/mc_rollouts"] > 0
     if method in ("ppo_gae", "tppo_egae"):
         assert all(k in rows[0] for k in ("value/skipped",))
+        if method == "tppo":
+            assert rows[0]["tppo/in_flight"] > 0  # an untrained model rarely stops within a window
+            # step 2 trains on the current window only: at most 3 tokens a row (max_new_tokens = 3),
+            # fewer than all response tokens (the continued rows' earlier windows are filtered out)
+            n_rows = 16 + rows[0]["tppo/in_flight"]
+            assert rows[1]["tppo/window_tokens"] <= 3 * n_rows
+            assert rows[1]["tppo/window_tokens"] < rows[1]["response_len"] * n_rows
+            assert rows[1]["response_len"] > rows[0]["response_len"]  # continued rows are longer
         if method == "ppo_gae":
             assert rows[0]["value/skipped"] == 0.0 and math.isfinite(rows[0]["value/vf_loss"])
 
@@ -82,8 +91,9 @@ def test_value_model_and_critic_state_roundtrip(tmp_path):
     assert torch.equal(a.critic(pids, pm, rids, rm), b.critic(pids, pm, rids, rm)) and b.finished_only
 
 
-def test_critic_run_resumes(tmp_path):
-    over = tiny_overrides(tmp_path, name="resume", steps=2, save_every=1, eval_every=0, estimator="gae", credit="critic")
+@pytest.mark.parametrize("credit, estimator", [("critic", "gae"), ("tppo", "egae")])
+def test_critic_run_resumes(tmp_path, credit, estimator):
+    over = tiny_overrides(tmp_path, name="resume", steps=2, save_every=1, eval_every=0, estimator=estimator, credit=credit)
     full = train(build_config({**over, "name": "full"}))
     part = train(build_config({**over, "steps": 1}))
     resumed = train(build_config({**over, "steps": 2}), resume=part["run_dir"])

@@ -5,6 +5,7 @@ The loop calls the hooks of one ``Credit`` object; the base class does nothing, 
 is the plain loop. Hooks, in loop order:
 
 * ``logits_processor()``      rollout: a logits processor for ``sample`` (HAPO's temperature) or None
+* ``extend_rollout(gen, ctx)`` after the rollout: add rows (T-PPO's in-flight responses, continued)
 * ``prepare(batch, gen, ctx)`` before the advantages: add fields (SPO's MC segment values, critic values)
 * ``loss_mask(mask)``          the mask of the policy loss (SPO's probability mask)
 * ``loss_kwargs(ent)``         extra policy-loss arguments (HAPO's current-policy entropies)
@@ -32,9 +33,9 @@ from ..core import Registry, Rollouts
 from ..losses import normalizers, value_loss
 from ..rollout import Generation
 from ..rollout.hapo_temperature import AdaptiveTemperature
-from ..rollout.prefix import mc_values
+from ..rollout.prefix import continue_from, mc_values
 
-__all__ = ["Credit", "CreditContext", "HapoCredit", "SpoChainCredit", "CriticCredit", "ValueModel", "CREDITS", "make_credit"]
+__all__ = ["Credit", "CreditContext", "HapoCredit", "SpoChainCredit", "CriticCredit", "TppoCredit", "ValueModel", "CREDITS", "make_credit"]
 
 
 @dataclass
@@ -59,6 +60,9 @@ class Credit:
 
     def logits_processor(self) -> Callable[[Tensor], Tensor] | None:
         return None
+
+    def extend_rollout(self, gen: Generation, ctx: CreditContext) -> Generation:
+        return gen
 
     def prepare(self, batch: Rollouts, gen: Generation, ctx: CreditContext) -> Rollouts:
         return batch
@@ -257,11 +261,89 @@ class CriticCredit(Credit):
             self._steps = int(state["steps"])
 
 
+class TppoCredit(CriticCredit):
+    """T-PPO (proposed reading, tppo-egae.md §2.3–2.5): window-truncated generation with a critic.
+
+    Each step generates at most one window (the config's ``max_new_tokens``) per sequence: the new
+    prompts' first windows, plus the next window of every response left *in flight* by the previous
+    step (truncated, and shorter than ``max_total_tokens``), continued from its full prefix with
+    ``continue_from``. EGAE (``estimator: egae``) bootstraps the still-truncated ones; the policy
+    loss covers only the tokens generated in the current window (prompt and earlier-window tokens
+    are filtered out); the critic trains on finished responses only. A response reaching
+    ``max_total_tokens`` without EOS leaves the pool (it stays truncated). ``max_in_flight`` caps
+    the pool (oldest dropped first). The critic options are those of ``CriticCredit``.
+    """
+
+    def __init__(self, cfg: Any, model: torch.nn.Module, *, max_total_tokens: int | None = None,
+                 max_in_flight: int | None = None, **critic_kw: Any) -> None:
+        critic_kw.setdefault("finished_only", True)
+        super().__init__(cfg, model, **critic_kw)
+        self.max_total = int(max_total_tokens) if max_total_tokens is not None else 4 * int(cfg.max_new_tokens)
+        if self.max_total < cfg.max_new_tokens:
+            raise ValueError(f"credit 'tppo': max_total_tokens={self.max_total} is below the window "
+                             f"max_new_tokens={cfg.max_new_tokens}.")
+        self.max_in_flight = max_in_flight
+        self.pool: Generation | None = None
+        self._mask: Tensor | None = None
+
+    def extend_rollout(self, gen, ctx):
+        gen.extras["window_start"] = torch.zeros(len(gen), dtype=torch.int64)
+        if self.pool is None or len(self.pool) == 0:
+            return gen
+        pool, window = self.pool, int(ctx.cfg.max_new_tokens)
+        lengths = pool.lengths
+        cont = continue_from(ctx.model, pool, torch.arange(len(pool)), lengths, num_samples=1, eos_id=ctx.eos_id,
+                             max_new_tokens=window, budget=(self.max_total - lengths).clamp(max=window),
+                             temperature=ctx.cfg.temperature, top_p=ctx.cfg.top_p, generator=ctx.generator,
+                             logits_processor=self.logits_processor())
+        cont.rewards = torch.as_tensor(ctx.score(cont), dtype=torch.float32)
+        cont.failed = torch.zeros(len(cont), dtype=torch.bool)
+        cont.extras = {"window_start": cont.extras["prefix_len"]}
+        if gen.failed is None:
+            gen.failed = torch.zeros(len(gen), dtype=torch.bool)
+        return Generation.concat([cont, gen])
+
+    def prepare(self, batch, gen, ctx):
+        T = gen.response_mask.shape[1]
+        self._mask = gen.response_mask & (torch.arange(T)[None, :] >= gen.extras["window_start"][:, None])
+        return super().prepare(batch, gen, ctx)
+
+    def loss_mask(self, mask):
+        return mask if self._mask is None else self._mask
+
+    def after_update(self, batch, gen, ctx):
+        out = super().after_update(batch, gen, ctx)
+        keep = gen.truncated & (gen.lengths < self.max_total)
+        rows = keep.nonzero().squeeze(1)
+        if self.max_in_flight is not None:
+            rows = rows[: int(self.max_in_flight)]
+        pool = gen.select(rows)
+        pool.extras, pool.texts = {}, None
+        self.pool = pool
+        out.update({"tppo/in_flight": float(len(pool)), "tppo/window_tokens": float(self._mask.sum()) if self._mask is not None else 0.0})
+        return out
+
+    _POOL_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "truncated", "prompt_index")
+
+    def state_dict(self):
+        out = super().state_dict()
+        if self.pool is not None and len(self.pool):
+            out["pool"] = {f: getattr(self.pool, f).clone() for f in self._POOL_FIELDS}
+            out["pool_pad_id"] = self.pool.pad_id
+        return out
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if state and "pool" in state:
+            self.pool = Generation(**state["pool"], pad_id=int(state["pool_pad_id"]))
+
+
 CREDITS: Registry[type[Credit]] = Registry("credit")
 CREDITS.add("none", Credit)
 CREDITS.add("hapo", HapoCredit)
 CREDITS.add("spo_chain", SpoChainCredit)
 CREDITS.add("critic", CriticCredit)
+CREDITS.add("tppo", TppoCredit)
 
 
 def make_credit(cfg: Any, model: torch.nn.Module) -> Credit:

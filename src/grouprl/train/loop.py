@@ -273,6 +273,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             return gen
 
         gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
+        ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
+                            step_generator(cfg.seed, step, 6))
+        gen = credit.extend_rollout(gen, ctx)  # e.g. T-PPO: continue the in-flight responses
         model.train()
         failures_total += step_failures
         rows = torch.arange(len(gen))
@@ -301,8 +304,6 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             ref_logprobs=ref_lp, entropy=entropy, truncated=gen.truncated,
             data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()]),
         )
-        ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
-                            step_generator(cfg.seed, step, 6))
         batch = credit.prepare(batch, gen, ctx)
         adv = compute_advantages(cfg.estimator, batch, **cfg.estimator_kwargs)
         loss_mask = credit.loss_mask(mask)
