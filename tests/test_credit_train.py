@@ -21,6 +21,8 @@ METHODS = {
     "spo_chain": dict(estimator="spo_chain", credit="spo_chain", credit_kwargs={"interval": 1, "samples": 2}),
     "ppo_gae": dict(estimator="gae", estimator_kwargs={"lam": 0.95}, credit="critic"),
     "tppo_egae": dict(estimator="egae", credit="critic"),
+    "spo_tree": dict(estimator="spo_tree", credit="spo_tree",
+                     credit_kwargs={"branch": [2, 2], "segment_len": 1, "max_edges": 6}),
     "tppo": dict(estimator="egae", credit="tppo", credit_kwargs={"max_total_tokens": 9}),
 }
 
@@ -45,18 +47,20 @@ def test_few_step_run(tmp_path, method):
         assert "hapo_h_mean" in rows[0] and rows[1]["hapo/entropy_scale"] > 0
     if method == "spo_chain":
         assert rows[0]["spo/cut_points_per_response"] > 0 and rows[0]["spo/mc_rollouts"] > 0
-    if method in ("ppo_gae", "tppo_egae"):
-        assert all(k in rows[0] for k in ("value/skipped",))
-        if method == "tppo":
-            assert rows[0]["tppo/in_flight"] > 0  # an untrained model rarely stops within a window
-            # step 2 trains on the current window only: at most 3 tokens a row (max_new_tokens = 3),
-            # fewer than all response tokens (the continued rows' earlier windows are filtered out)
-            n_rows = 16 + rows[0]["tppo/in_flight"]
-            assert rows[1]["tppo/window_tokens"] <= 3 * n_rows
-            assert rows[1]["tppo/window_tokens"] < rows[1]["response_len"] * n_rows
-            assert rows[1]["response_len"] > rows[0]["response_len"]  # continued rows are longer
-        if method == "ppo_gae":
-            assert rows[0]["value/skipped"] == 0.0 and math.isfinite(rows[0]["value/vf_loss"])
+    if method in ("ppo_gae", "tppo_egae", "tppo"):
+        assert "value/skipped" in rows[0]
+    if method == "ppo_gae":
+        assert rows[0]["value/skipped"] == 0.0 and math.isfinite(rows[0]["value/vf_loss"])
+    if method == "spo_tree":
+        assert rows[0]["spo_tree/nodes"] > 16 and 0 < rows[0]["spo_tree/edges_kept"] <= 6 * 4
+    if method == "tppo":
+        assert rows[0]["tppo/in_flight"] > 0  # an untrained model rarely stops within a window
+        # step 2 trains on the current window only: at most 3 tokens a row (max_new_tokens = 3),
+        # fewer than all response tokens (the continued rows' earlier windows are filtered out)
+        n_rows = 16 + rows[0]["tppo/in_flight"]
+        assert rows[1]["tppo/window_tokens"] <= 3 * n_rows
+        assert rows[1]["tppo/window_tokens"] < rows[1]["response_len"] * n_rows
+        assert rows[1]["response_len"] > rows[0]["response_len"]  # continued rows are longer
 
 
 def test_credit_config_errors(tmp_path):
@@ -101,3 +105,18 @@ def test_critic_run_resumes(tmp_path, credit, estimator):
     b = read_jsonl(Path(resumed["run_dir"]) / "metrics.jsonl")
     assert a[-1]["value/vf_loss"] == pytest.approx(b[-1]["value/vf_loss"], rel=1e-5)
     assert a[-1]["loss"] == pytest.approx(b[-1]["loss"], rel=1e-5)
+
+
+def test_cap_per_group():
+    from grouprl.train.credit import cap_per_group
+
+    keep = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    seen = torch.zeros(10)
+    for s in range(40):
+        out = cap_per_group(keep, group, 2, torch.Generator().manual_seed(s))
+        assert not bool((out & ~keep).any())
+        counts = torch.zeros(3, dtype=torch.int64).index_add_(0, group, out.long())
+        assert counts.tolist() == [2, 1, 2]
+        seen += out
+    assert bool((seen[keep] > 0).all())  # every kept row is chosen sometimes: a random subset

@@ -114,3 +114,43 @@ def test_sample_with_adaptive_temperature_processor():
     c = sample(model, PROMPTS, eos_id=EOS, pad_id=PAD, max_new_tokens=6, num_samples=2,
                generator=torch.Generator().manual_seed(4), logits_processor=proc)
     assert not torch.allclose(c.logprobs[c.response_mask][:3], b.logprobs[b.response_mask][:3])
+
+
+def test_tree_rollout_structure():
+    from grouprl.rollout.tree import tree_rollout
+
+    model = tiny_model()
+    first = base_gen(model, n=3, T=9)
+    tree = tree_rollout(model, first, branch=(2, 2), segment_len=2, max_new_tokens=9, eos_id=EOS,
+                        temperature=2.0, generator=torch.Generator().manual_seed(5))
+    g, parent, depth, start, leaf = tree.gen, tree.parent, tree.depth, tree.segment_start, tree.leaf
+    L = g.lengths
+    n0 = len(first)
+    assert (depth[:n0] == 0).all() and (parent[:n0] == -1).all() and (L[:n0] <= 2).all()
+    for d in (1, 2):
+        at = (depth == d).nonzero().squeeze(1)
+        expandable = ((depth == d - 1) & ~leaf).nonzero().squeeze(1)
+        assert at.numel() == 2 * expandable.numel()
+        assert torch.equal(parent[at], expandable.repeat_interleave(2))
+        for i in at.tolist():
+            p = int(parent[i])
+            assert int(start[i]) == int(L[p])
+            assert g.response_ids[i, : L[p]].tolist() == g.response_ids[p, : L[p]].tolist()
+            assert torch.equal(g.prompt_ids[i], g.prompt_ids[p])
+            if d == 1:
+                assert int(L[i]) <= int(L[p]) + 2  # a middle segment adds at most M tokens
+    assert leaf[depth == 2].all()
+    # a node is a leaf before the last depth iff it ended with EOS or used the whole budget
+    mid = depth < 2
+    ended = (g.response_ids.gather(1, (L - 1).clamp_min(0).unsqueeze(1)).squeeze(1) == EOS) | (L >= 9)
+    assert torch.equal(leaf[mid], ended[mid])
+
+
+def test_spo_tree_estimator_example():
+    from grouprl import Rollouts, compute_advantages
+
+    b = Rollouts(rewards=[0.5, 0.0], group=[0, 0], mask=torch.ones(2, 3), token_probs=[[0.5, 0.95, 0.3], [0.2, 0.4, 0.99]],
+                 extras={"node_advantage": [0.25, -0.25], "segment_start": [1, 0]})
+    a = compute_advantages("spo_tree", b, whiten=False)
+    # row 0: segment = tokens 1, 2; token 1 is confident (p > 0.9): only token 2 keeps +0.25
+    assert torch.allclose(a, torch.tensor([[0.0, 0.0, 0.25], [-0.25, -0.25, 0.0]]))

@@ -37,6 +37,7 @@ __all__ = [
     "spo_chain_advantages",
     "spo_prob_mask",
     "spo_chain",
+    "spo_tree",
     "spo_tree_advantages",
 ]
 
@@ -135,15 +136,53 @@ def spo_chain(
     response starting at token 0 (V = the prompt's value) this is the outcome advantage r − V.
     """
     mask = batch.mask
-    probs = batch.token_probs
-    assert probs is not None
     adv = spo_chain_advantages(batch.get("segment_values"), batch.get("segment_id"), batch.rewards, mask)
+    return _mask_and_whiten(adv, batch.token_probs, mask, whiten=whiten, prob_mask=prob_mask, threshold=threshold)
+
+
+def _mask_and_whiten(adv: Tensor, probs: Tensor | None, mask: Tensor, *, whiten: bool, prob_mask: bool,
+                     threshold: float) -> Tensor:
+    """SPO's probability mask and whitening over the masked tokens (response mask if empty)."""
+    assert probs is not None
     adv = adv.masked_fill(probs > threshold, 0.0)
     keep = spo_prob_mask(probs, mask, threshold) if prob_mask else mask.to(torch.bool)
     if whiten:
         wmask = keep if bool(keep.any()) else mask.to(torch.bool)
         adv = masked_whiten(adv, wmask)
     return adv * float_mask(keep)
+
+
+@estimator(
+    "spo_tree",
+    needs=("rewards", "group", "mask", "token_probs", "node_advantage", "segment_start"),
+    paper="Segment Policy Optimization: Effective Segment-Level Credit Assignment in RL for Large "
+    "Language Models (SPO), arXiv:2505.23564",
+    level="segment",
+    example={
+        "rewards": [0.5, 0.0],
+        "group": [0, 0],
+        "mask": [[1, 1, 1], [1, 1, 1]],
+        "token_probs": [[0.5, 0.95, 0.3], [0.2, 0.4, 0.99]],
+        "extras": {"node_advantage": [0.25, -0.25], "segment_start": [1, 0]},
+        "kwargs": {"whiten": False},
+    },
+)
+def spo_tree(
+    batch: Rollouts, *, whiten: bool = True, prob_mask: bool = True, threshold: float = PROB_THRESHOLD
+) -> Tensor:
+    """SPO-tree: one training row per kept tree edge, its advantage on the child's segment only.
+
+    Row = the child node's full response (the parent's text + the child's segment); the edge
+    advantage A(parent → child) (``spo_tree_advantages``) sits in ``extras["node_advantage"]`` (B,)
+    and applies to the tokens from ``extras["segment_start"]`` (B,) on (the parent's response
+    length). Then the probability mask and whitening of ``spo_chain``. Use the segment tokens (and
+    p < 0.9) as the loss mask.
+    """
+    mask = batch.mask.to(torch.bool)
+    T = mask.shape[1]
+    seg = torch.arange(T, device=mask.device).unsqueeze(0) >= batch.get("segment_start").to(torch.int64).unsqueeze(1)
+    adv = batch.get("node_advantage").to(torch.float32).unsqueeze(1) * float_mask(seg & mask)
+    return _mask_and_whiten(adv, batch.token_probs, seg & mask, whiten=whiten, prob_mask=prob_mask, threshold=threshold)
 
 
 def spo_tree_advantages(

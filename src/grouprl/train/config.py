@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
     loss: str = Field("ppo_clip", description="policy loss name (grouprl.losses.LOSSES)")
     loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     agg: str = Field("token-mean", description="loss aggregation mode")
-    credit: str = Field("none", description="token/segment credit hooks: none, hapo, spo_chain, critic (grouprl.train.credit)")
+    credit: str = Field("none", description="token/segment credit hooks: none, hapo, spo_chain, spo_tree, critic, tppo (grouprl.train.credit)")
     credit_kwargs: dict[str, Any] = Field(default_factory=dict)
     norm_const: float | None = Field(None, description="constant for agg=seq-mean-token-sum-norm (default max_new_tokens)")
     old_logprobs: Literal["recompute", "sampling"] = Field(

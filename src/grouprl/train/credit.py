@@ -13,8 +13,8 @@ is the plain loop. Hooks, in loop order:
 * ``state_dict`` / ``load_state_dict``: saved in the checkpoints
 
 Pair each with its estimator and loss in the config (examples/*.yaml): ``hapo`` with
-``estimator: hapo_tlga, loss: hapo``; ``spo_chain`` with ``estimator: spo_chain``; ``critic`` with
-``estimator: gae`` or ``egae``.
+``estimator: hapo_tlga, loss: hapo``; ``spo_chain`` with ``estimator: spo_chain``; ``spo_tree`` with
+``estimator: spo_tree``; ``critic`` with ``estimator: gae`` or ``egae``; ``tppo`` with ``estimator: egae``.
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from torch import Tensor
 
 from ..advantages.egae import egae_value_mask, egae_with_returns
 from ..advantages.gae import gae_with_returns
-from ..advantages.spo import PROB_THRESHOLD, spo_prob_mask, spo_segment_ids, spo_segment_starts
+from ..advantages.spo import PROB_THRESHOLD, spo_prob_mask, spo_segment_ids, spo_segment_starts, spo_tree_advantages
 from ..core import Registry, Rollouts
 from ..losses import normalizers, value_loss
 from ..rollout import Generation
 from ..rollout.hapo_temperature import AdaptiveTemperature
 from ..rollout.prefix import continue_from, mc_values
+from ..rollout.tree import tree_rollout
 
-__all__ = ["Credit", "CreditContext", "HapoCredit", "SpoChainCredit", "CriticCredit", "TppoCredit", "ValueModel", "CREDITS", "make_credit"]
+__all__ = ["Credit", "CreditContext", "HapoCredit", "SpoChainCredit", "SpoTreeCredit", "CriticCredit", "TppoCredit", "ValueModel", "CREDITS", "make_credit", "cap_per_group"]
 
 
 @dataclass
@@ -155,6 +156,89 @@ class SpoChainCredit(Credit):
         self._metrics = {"spo/cut_points_per_response": float(rows.numel()) / max(B, 1),
                          "spo/mc_rollouts": float(n_rollouts)}
         return batch.replace(token_probs=probs, extras={**batch.extras, "segment_id": seg, "segment_values": values})
+
+    def loss_mask(self, mask):
+        return mask if self._mask is None else self._mask
+
+    def after_update(self, batch, gen, ctx):
+        return dict(self._metrics)
+
+
+def cap_per_group(keep: Tensor, group: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random subset of at most ``k`` of the ``keep`` rows of each group (bool (N,))."""
+    N = keep.shape[0]
+    if N == 0:
+        return keep
+    n_groups = int(group.max()) + 1
+    key = torch.rand(N, generator=generator, dtype=torch.float64) + (~keep).to(torch.float64) * 2.0
+    order = torch.argsort(group.to(torch.float64) * 4.0 + key)  # by group, kept rows first, in random order
+    first = torch.zeros(n_groups, dtype=torch.int64).scatter_reduce_(
+        0, group[order], torch.arange(N), reduce="amin", include_self=False)
+    rank = torch.empty(N, dtype=torch.int64)
+    rank[order] = torch.arange(N) - first[group[order]]
+    return keep & (rank < k)
+
+
+class SpoTreeCredit(Credit):
+    """SPO-tree: the rollout's ``group_size`` responses per prompt become depth 0 of a tree
+    (``tree_rollout``: cut to ``segment_len`` tokens, then ``branch`` children per unfinished node),
+    leaves are scored by the verifier, node values and edge advantages come from
+    ``spo_tree_advantages`` (``adv_method``), and the step trains on the kept (non-zero) edges: one
+    row per edge, at most ``max_edges`` per prompt (a random subset), the advantage on the child's
+    segment only (estimator ``spo_tree``), with the probability mask in the loss (``prob_mask``).
+    The reference code's on-policy replay buffer (edges reused for up to 8 iterations) is not
+    implemented: each step trains on its own tree's edges."""
+
+    def __init__(self, cfg: Any, model: torch.nn.Module, *, branch: list[int] | tuple[int, ...] = (6, 6),
+                 segment_len: int = 30, adv_method: str = "rloo", max_edges: int | None = 32,
+                 prob_mask: bool = True, threshold: float = PROB_THRESHOLD) -> None:
+        super().__init__(cfg, model)
+        if adv_method not in ("rloo", "grpo"):
+            raise ValueError(f"credit 'spo_tree': adv_method={adv_method!r}; choose 'rloo' or 'grpo'.")
+        self.branch, self.segment_len, self.adv_method = tuple(int(b) for b in branch), int(segment_len), adv_method
+        self.max_edges, self.prob_mask, self.threshold = max_edges, bool(prob_mask), float(threshold)
+        self._mask: Tensor | None = None
+        self._metrics: dict[str, float] = {}
+
+    def extend_rollout(self, gen, ctx):
+        cfg = ctx.cfg
+        tree = tree_rollout(ctx.model, gen, branch=self.branch, segment_len=self.segment_len,
+                            max_new_tokens=cfg.max_new_tokens, eos_id=ctx.eos_id, temperature=cfg.temperature,
+                            top_p=cfg.top_p, generator=ctx.generator)
+        nodes = tree.gen
+        N = len(nodes)
+        rewards = torch.zeros(N)
+        leaf_rows = tree.leaf.nonzero().squeeze(1)
+        rewards[leaf_rows] = torch.as_tensor(ctx.score(nodes.select(leaf_rows)), dtype=torch.float32)
+        root_of = torch.unique(nodes.prompt_index, return_inverse=True)[1]
+        n_roots = int(root_of.max()) + 1
+        parent = torch.where(tree.parent < 0, N + root_of, tree.parent)
+        values, adv, keep = spo_tree_advantages(torch.cat([parent, torch.full((n_roots,), -1)]),
+                                                torch.cat([rewards, torch.zeros(n_roots)]), adv_method=self.adv_method)
+        keep = keep[:N]
+        if self.max_edges is not None:
+            keep = cap_per_group(keep, root_of, int(self.max_edges), ctx.generator)
+        rows = keep.nonzero().squeeze(1)
+        if rows.numel() == 0:  # no edge with a signal: the depth-0 nodes with advantage 0 (zero loss)
+            rows = (tree.depth == 0).nonzero().squeeze(1)
+        out = nodes.select(rows)
+        out.rewards = values[:N][rows].to(torch.float32)
+        out.failed = torch.zeros(len(out), dtype=torch.bool)
+        out.texts = None
+        edge_adv = torch.where(keep[rows], adv[:N][rows], torch.zeros(()))
+        out.extras = {"node_advantage": edge_adv.to(torch.float32), "segment_start": tree.segment_start[rows]}
+        self._metrics = {"spo_tree/nodes": float(N), "spo_tree/leaves": float(leaf_rows.numel()),
+                         "spo_tree/edges_kept": float(int(keep.sum()))}
+        return out
+
+    def prepare(self, batch, gen, ctx):
+        assert batch.old_logprobs is not None
+        probs = batch.old_logprobs.exp() * batch.mask
+        T = batch.mask.shape[1]
+        seg = batch.mask & (torch.arange(T)[None, :] >= gen.extras["segment_start"][:, None])
+        self._mask = spo_prob_mask(probs, seg, self.threshold) if self.prob_mask else seg
+        return batch.replace(token_probs=probs, extras={**batch.extras, "node_advantage": gen.extras["node_advantage"],
+                                                        "segment_start": gen.extras["segment_start"]})
 
     def loss_mask(self, mask):
         return mask if self._mask is None else self._mask
@@ -342,6 +426,7 @@ CREDITS: Registry[type[Credit]] = Registry("credit")
 CREDITS.add("none", Credit)
 CREDITS.add("hapo", HapoCredit)
 CREDITS.add("spo_chain", SpoChainCredit)
+CREDITS.add("spo_tree", SpoTreeCredit)
 CREDITS.add("critic", CriticCredit)
 CREDITS.add("tppo", TppoCredit)
 
