@@ -179,3 +179,23 @@ def test_cli_train_reports_config_errors(tmp_path):
 
     res = CliRunner().invoke(app, ["train", "estimater=grpo"])
     assert res.exit_code == 2 and "estimator" in res.output
+
+
+def test_cli_sft_then_train_from_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from grouprl.cli import app
+
+    over = tiny_overrides(tmp_path, steps=1, eval_size=4, pass_k_size=0)
+    words = [f"{k}={v}" for k, v in over.items() if k not in ("steps",)]
+    out = tmp_path / "warm"
+    res = CliRunner().invoke(app, ["sft", "--out", str(out), *words])
+    assert res.exit_code == 0, res.output
+    assert (out / "config.json").exists() and json.loads((out / "sft_eval.json").read_text())["steps"] == 3
+    res = CliRunner().invoke(app, ["train", f"init={out}", "name=from-init", "steps=1", *words])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "from-init"
+    assert not (run / "sft").exists()  # started from init, no SFT of its own
+    assert len(read_jsonl(run / "metrics.jsonl")) == 1
+    res = CliRunner().invoke(app, ["train", "init=/no/such/dir", "name=bad-init", *words])
+    assert res.exit_code == 2 and "init" in res.output
