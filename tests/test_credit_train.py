@@ -120,3 +120,18 @@ def test_cap_per_group():
         assert counts.tolist() == [2, 1, 2]
         seen += out
     assert bool((seen[keep] > 0).all())  # every kept row is chosen sometimes: a random subset
+
+
+def test_spo_chain_unfinished_reward(tmp_path):
+    from grouprl.rollout import Generation
+    from grouprl.train.credit import CreditContext, SpoChainCredit
+
+    cfg = build_config(tiny_overrides(tmp_path, estimator="spo_chain", credit="spo_chain"))
+    credit = SpoChainCredit(cfg, torch.nn.Linear(1, 1), unfinished_reward=-1.0)
+    g = Generation(prompt_ids=torch.ones(2, 1, dtype=torch.int64), prompt_mask=torch.ones(2, 1, dtype=torch.bool),
+                   response_ids=torch.ones(2, 2, dtype=torch.int64), response_mask=torch.ones(2, 2, dtype=torch.bool),
+                   logprobs=torch.zeros(2, 2), truncated=torch.tensor([True, False]), prompt_index=torch.zeros(2, dtype=torch.int64),
+                   pad_id=0)
+    ctx = CreditContext(torch.nn.Linear(1, 1), cfg, 2, lambda gen: torch.tensor([0.5, 0.5]), torch.Generator())
+    assert credit._score(ctx)(g).tolist() == [-1.0, 0.5]
+    assert SpoChainCredit(cfg, torch.nn.Linear(1, 1))._score(ctx)(g).tolist() == [0.5, 0.5]

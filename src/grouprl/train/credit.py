@@ -124,16 +124,31 @@ class SpoChainCredit(Credit):
     """SPO-chain: cut points from the old policy's token probabilities (every ``interval``-th token
     with p < 0.9), MC values of the cut-point prefixes from ``samples`` continuations each (within
     the rollout's length limit; scored by the task's verifier), the batch layout of the ``spo_chain``
-    estimator, and the probability mask in the loss (``prob_mask``)."""
+    estimator, and the probability mask in the loss (``prob_mask``). ``unfinished_reward``: the
+    reward of a continuation cut by the length limit (the reference code's "unfinished response"
+    penalty; None = the verifier's score of its text)."""
 
     def __init__(self, cfg: Any, model: torch.nn.Module, *, interval: int = 5, samples: int = 4,
-                 prob_mask: bool = True, threshold: float = PROB_THRESHOLD) -> None:
+                 prob_mask: bool = True, threshold: float = PROB_THRESHOLD,
+                 unfinished_reward: float | None = None) -> None:
         super().__init__(cfg, model)
         if samples < 1:
             raise ValueError(f"credit 'spo_chain': samples={samples}; need >= 1 MC continuation per cut point.")
         self.interval, self.samples, self.prob_mask, self.threshold = int(interval), int(samples), bool(prob_mask), float(threshold)
+        self.unfinished_reward = unfinished_reward
         self._mask: Tensor | None = None
         self._metrics: dict[str, float] = {}
+
+    def _score(self, ctx: CreditContext) -> Callable[[Generation], Tensor]:
+        if self.unfinished_reward is None:
+            return ctx.score
+        penalty = float(self.unfinished_reward)
+
+        def score(g: Generation) -> Tensor:
+            r = torch.as_tensor(ctx.score(g), dtype=torch.float32)
+            return torch.where(g.truncated.cpu(), torch.tensor(penalty), r)
+
+        return score
 
     def prepare(self, batch, gen, ctx):
         mask = batch.mask
@@ -147,7 +162,7 @@ class SpoChainCredit(Credit):
         n_rollouts = 0
         if rows.numel():
             cfg = ctx.cfg
-            v, cont = mc_values(ctx.model, gen, rows, t, ctx.score, num_samples=self.samples, eos_id=ctx.eos_id,
+            v, cont = mc_values(ctx.model, gen, rows, t, self._score(ctx), num_samples=self.samples, eos_id=ctx.eos_id,
                                 max_new_tokens=cfg.max_new_tokens, budget=cfg.max_new_tokens - t,
                                 temperature=cfg.temperature, top_p=cfg.top_p, generator=ctx.generator)
             values[rows, seg[rows, t] - 1] = v
