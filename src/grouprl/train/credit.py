@@ -89,7 +89,8 @@ class HapoCredit(Credit):
     """HAPO: adaptive-temperature rollout (statistics of the previous batch's old-policy entropies,
     fixed T₀ = ``temperature`` on the first step) and the current policy's entropies for the ``hapo``
     loss. ``tau`` τ (0.05), ``pivot`` (0.8), ``code_compat`` (the reference code's unsigned ĥ in the
-    sampler; set the loss's own ``code_compat`` in ``loss_kwargs``), ``adaptive_temperature``."""
+    sampler; set the loss's own ``code_compat`` in ``loss_kwargs``), ``adaptive_temperature``. With
+    a loss that takes no ``token_entropy`` (e.g. ``ppo_clip``) only the sampler part is used."""
 
     needs_entropy = True
 
@@ -103,6 +104,10 @@ class HapoCredit(Credit):
         return self.proc if self.enabled else None
 
     def loss_kwargs(self, entropy):
+        from ..losses import LOSSES
+
+        if "token_entropy" not in LOSSES[self.cfg.loss].defaults:  # e.g. adaptive temperature with ppo_clip
+            return {}
         if entropy is None:  # pragma: no cover - the loop computes it when needs_entropy
             raise ValueError("credit 'hapo' needs the current policy's token entropies")
         return {"token_entropy": entropy.detach()}
