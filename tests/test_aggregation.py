@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from grouprl.core.entropy import EntropyStats
 from grouprl.losses import (
     AGG_MODES,
     LOSSES,
@@ -121,6 +122,7 @@ SPLITS = [
     [(0, 3), (3, 7)],
     [(0, 5), (5, 6), (6, 7)],
 ]
+_HAPO_ENT = torch.rand(B, T, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
 HPARAMS = {
     "ppo_clip": {"eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": 3.0},
     "gspo": {"eps_low": 0.05, "eps_high": 0.1},
@@ -132,6 +134,8 @@ HPARAMS = {
     "clip_cov": {"clip_cov_lb": 0.0, "clip_cov_ub": 5.0},
     "kl_cov": {"ppo_kl_coef": 0.5},
     # outcome-methods branch: presets and COPO's blend (per-row tensors are sliced in run())
+    # token-credit branch: HAPO with statistics fixed over the whole batch (micro-batch invariant)
+    "hapo": {"token_entropy": _HAPO_ENT, "entropy_stats": EntropyStats.fit(_HAPO_ENT)},
     "ngrpo_clip": {},
     "dapo_clip": {},
     "copo": {

@@ -20,7 +20,7 @@ tempered distribution, not the top-p-renormalised one — which is exactly what
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -87,11 +87,14 @@ def sample(
     generator: torch.Generator | None = None,
     return_entropy: bool = False,
     prompt_index: Tensor | Sequence[int] | None = None,
+    logits_processor: Callable[[Tensor], Tensor] | None = None,
 ) -> Generation:
     """Sample ``num_samples`` continuations of every prompt (rows ordered prompt-major).
 
     ``prompts``: token-id lists (BOS included if the model expects it). ``prompt_index``: the pool
-    index of each prompt (default 0..len-1), repeated per sample in the result. Returns a
+    index of each prompt (default 0..len-1), repeated per sample in the result.
+    ``logits_processor``: ``fn(logits (n, V)) -> logits`` replacing the division by ``temperature``
+    (e.g. HAPO's ``AdaptiveTemperature``); the recorded log-probs are of its output. Returns a
     ``Generation``; rewards are filled in by the caller after scoring.
     """
     if max_new_tokens < 1:
@@ -134,7 +137,12 @@ def sample(
     ).logits[:, -1, :].float()
     last_pos = pos[:, -1]
     for t in range(max_new_tokens):
-        scaled = logits if greedy else logits / temperature
+        if greedy:
+            scaled = logits
+        elif logits_processor is not None:
+            scaled = logits_processor(logits)
+        else:
+            scaled = logits / temperature
         logp = torch.log_softmax(scaled, dim=-1)
         if greedy:
             tok = logp.argmax(dim=-1)

@@ -56,6 +56,8 @@ class TrainConfig(BaseModel):
     loss: str = Field("ppo_clip", description="policy loss name (grouprl.losses.LOSSES)")
     loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     agg: str = Field("token-mean", description="loss aggregation mode")
+    credit: str = Field("none", description="token/segment credit hooks: none, hapo, spo_chain, spo_tree, critic, tppo (grouprl.train.credit)")
+    credit_kwargs: dict[str, Any] = Field(default_factory=dict)
     norm_const: float | None = Field(None, description="constant for agg=seq-mean-token-sum-norm (default max_new_tokens)")
     old_logprobs: Literal["recompute", "sampling"] = Field(
         "recompute", description="old-policy log-probs: recomputed in a forward, or those recorded while sampling"
@@ -112,6 +114,14 @@ class TrainConfig(BaseModel):
             close += [n for n in difflib.get_close_matches(v, list(LOSSES), n=3, cutoff=0.5) if n not in close]
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(f"unknown policy loss {v!r}; {hint}registered: {', '.join(sorted(LOSSES))}")
+        return v
+
+    @field_validator("credit")
+    @classmethod
+    def _credit(cls, v: str) -> str:
+        from .credit import CREDITS
+
+        CREDITS[v]  # UnknownName with close matches
         return v
 
     @field_validator("kl_type")

@@ -37,6 +37,7 @@ from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
 from ..rollout import Generation, response_logprobs, sample
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .credit import CreditContext, make_credit
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
 from .data import CORRECT, decode_responses, encode_prompts, evaluate, step_generator
 from .logging import JsonlWriter, TensorBoard, read_jsonl, truncate_after
@@ -199,6 +200,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     guard = make_guard(cfg, task)
     model, tok = load_initial_model(cfg, task, run_dir, console)
     model.train()
+    credit = make_credit(cfg, model)  # token/segment credit hooks (grouprl.train.credit); no-op for "none"
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
@@ -223,6 +225,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             )
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
+        credit.load_state_dict(state.get("credit", {}))
         start_step, failures_total = int(state["step"]), int(state["failures_total"])
     for f in ("metrics.jsonl", "eval.jsonl"):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
@@ -262,7 +265,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             gen = sample(model, [pool_prompts[i] for i in prompt_indices], eos_id=tok.eos_token_id,
                          pad_id=tok.pad_token_id, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
                          temperature=cfg.temperature, top_p=cfg.top_p, generator=g_sample,
-                         prompt_index=prompt_indices)
+                         prompt_index=prompt_indices, logits_processor=credit.logits_processor())
             gen.texts = decode_responses(tok, gen)
             examples = [pool[i] for i in gen.prompt_index.tolist()]
             gen.rewards, gen.failed = guard.score_batch(examples, gen.texts)
@@ -270,6 +273,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             return gen
 
         gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
+        ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
+                            step_generator(cfg.seed, step, 6))
+        gen = credit.extend_rollout(gen, ctx)  # e.g. T-PPO: continue the in-flight responses
         model.train()
         failures_total += step_failures
         rows = torch.arange(len(gen))
@@ -298,7 +304,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             ref_logprobs=ref_lp, entropy=entropy, truncated=gen.truncated,
             data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()]),
         )
+        batch = credit.prepare(batch, gen, ctx)
         adv = compute_advantages(cfg.estimator, batch, **cfg.estimator_kwargs)
+        loss_mask = credit.loss_mask(mask)
         times["advantages"] = time.perf_counter() - t0
 
         # ---- 4. update: epochs x mini-batches x micro-batches
@@ -309,17 +317,18 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         for _epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(len(gen), generator=g_shuffle)
             for mini in perm.tensor_split(cfg.mini_batches):
-                norms = normalizers(mask[mini])  # global normalisers of this mini-batch
+                norms = normalizers(loss_mask[mini])  # global normalisers of this mini-batch
                 optimizer.zero_grad(set_to_none=True)
                 for mb in _micro_batches(mini, cfg.micro_batch_size):
                     lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
                                                 mask[mb], temperature=cfg.temperature,
-                                                return_entropy=cfg.entropy_coef != 0)
+                                                return_entropy=cfg.entropy_coef != 0 or credit.needs_entropy)
                     loss, lm = policy_loss(
-                        cfg.loss, lp, old_lp[mb], adv[mb], mask[mb], agg=cfg.agg, norm_const=norm_const,
+                        cfg.loss, lp, old_lp[mb], adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
                         ref_logprobs=None if (ref_lp is None or cfg.kl_in_reward) else ref_lp[mb],
                         kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
-                        entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs)
+                        entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs,
+                        **credit.loss_kwargs(ent))
                     loss.backward()
                     # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
                     loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
@@ -329,6 +338,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
                 grad_norms.append(float(gn))
                 optimizer.step()
                 n_updates += 1
+        credit_metrics = credit.after_update(batch, gen, ctx)  # e.g. the critic's own update
         times["update"] = time.perf_counter() - t0
 
         # ---- 5. metrics, evaluation, checkpoint
@@ -350,6 +360,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             "reward_failures_total": failures_total,
             **{k: v / n_updates for k, v in loss_sums.items()},
             **_scalars("sampler/", sampler_metrics),
+            **credit_metrics,
         }
         if ref_lp is not None:
             d = ref_lp - old_lp
@@ -365,7 +376,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         if last or (step + 1) % cfg.save_every == 0:
             save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
                 "config_hash": cfg.compat_hash(), "sampler": sampler.state_dict(), "rng": rng_state(),
-                "failures_total": failures_total,
+                "failures_total": failures_total, "credit": credit.state_dict(),
             })
         progress.update(row, ev)
     progress.close()
@@ -377,6 +388,14 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     summary = _summary(run_dir, cfg)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def score(gen: Generation, pool: list, tok: Any, guard: Any) -> torch.Tensor:
+    """Rewards of ``gen``'s full responses by the verifier guard (used by credit hooks, e.g. SPO's
+    MC continuations; failures get the guard's failure reward)."""
+    gen.texts = decode_responses(tok, gen)
+    rewards, _failed = guard.score_batch([pool[i] for i in gen.prompt_index.tolist()], gen.texts)
+    return rewards
 
 
 def _scalars(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:

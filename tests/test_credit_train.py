@@ -1,0 +1,138 @@
+"""Few-step CPU training runs of the token/segment credit methods (HAPO, SPO-chain, PPO with a
+critic, T-PPO's EGAE), their example configs, and a resume with the critic's state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_overrides
+
+from grouprl.train import ConfigError, build_config, load_config, train
+from grouprl.train.credit import CriticCredit, ValueModel
+from grouprl.train.logging import read_jsonl
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+METHODS = {
+    "hapo": dict(estimator="hapo_tlga", loss="hapo", credit="hapo", credit_kwargs={"tau": 0.3}),
+    "hapo_temperature_only": dict(estimator="grpo", loss="ppo_clip", credit="hapo"),
+    "spo_chain": dict(estimator="spo_chain", credit="spo_chain", credit_kwargs={"interval": 1, "samples": 2}),
+    "ppo_gae": dict(estimator="gae", estimator_kwargs={"lam": 0.95}, credit="critic"),
+    "tppo_egae": dict(estimator="egae", credit="critic"),
+    "spo_tree": dict(estimator="spo_tree", credit="spo_tree",
+                     credit_kwargs={"branch": [2, 2], "segment_len": 1, "max_edges": 6}),
+    "tppo": dict(estimator="egae", credit="tppo", credit_kwargs={"max_total_tokens": 9}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if m != "hapo_temperature_only"))
+def test_example_config_loads(method):
+    cfg = load_config(EXAMPLES / f"{method}.yaml")
+    assert cfg.credit == METHODS[method]["credit"] and cfg.estimator == METHODS[method]["estimator"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_few_step_run(tmp_path, method):
+    cfg = build_config(tiny_overrides(tmp_path, name=method, steps=2, eval_every=0, **METHODS[method]))
+    summary = train(cfg)
+    rows = read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for k in ("reward", "loss", "grad_norm", "adv_abs"):
+            assert math.isfinite(r[k]), (k, r)
+    assert any(r["grad_norm"] > 0 for r in rows)
+    if method == "hapo":
+        assert "hapo_h_mean" in rows[0] and rows[1]["hapo/entropy_scale"] > 0
+    if method == "spo_chain":
+        assert rows[0]["spo/cut_points_per_response"] > 0 and rows[0]["spo/mc_rollouts"] > 0
+    if method in ("ppo_gae", "tppo_egae", "tppo"):
+        assert "value/skipped" in rows[0]
+    if method == "ppo_gae":
+        assert rows[0]["value/skipped"] == 0.0 and math.isfinite(rows[0]["value/vf_loss"])
+    if method == "spo_tree":
+        assert rows[0]["spo_tree/nodes"] > 16 and 0 < rows[0]["spo_tree/edges_kept"] <= 6 * 4
+    if method == "tppo":
+        assert rows[0]["tppo/in_flight"] > 0  # an untrained model rarely stops within a window
+        # step 2 trains on the current window only: at most 3 tokens a row (max_new_tokens = 3),
+        # fewer than all response tokens (the continued rows' earlier windows are filtered out)
+        n_rows = 16 + rows[0]["tppo/in_flight"]
+        assert rows[1]["tppo/window_tokens"] <= 3 * n_rows
+        assert rows[1]["tppo/window_tokens"] < rows[1]["response_len"] * n_rows
+        assert rows[1]["response_len"] > rows[0]["response_len"]  # continued rows are longer
+
+
+def test_credit_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="critic"):
+        build_config(tiny_overrides(tmp_path, credit="critc"))
+    cfg = build_config(tiny_overrides(tmp_path, name="bad", credit="hapo", credit_kwargs={"taux": 1}))
+    with pytest.raises(ValueError, match="credit_kwargs"):
+        train(cfg)
+
+
+def test_value_model_and_critic_state_roundtrip(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    pol = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       num_key_value_heads=1, intermediate_size=32, max_position_embeddings=32))
+    vm = ValueModel(pol)
+    pids = torch.tensor([[0, 3, 4], [5, 6, 7]])
+    pm = torch.tensor([[False, True, True], [True, True, True]])
+    rids = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    rm = torch.tensor([[True, True, False], [True, True, True]])
+    torch.nn.init.normal_(vm.head.weight)
+    v = vm(pids, pm, rids, rm)
+    assert v.shape == (2, 3) and v[0, 2] == 0 and bool((v[rm] != 0).all())
+    # left padding does not change a row's values
+    v1 = vm(pids[:1, 1:], pm[:1, 1:], rids[:1], rm[:1])
+    assert torch.allclose(v1, v[:1], atol=1e-5)
+    cfg = build_config(tiny_overrides(tmp_path, estimator="egae", credit="critic"))
+    a, b = CriticCredit(cfg, pol), CriticCredit(cfg, pol)
+    torch.nn.init.normal_(a.critic.head.weight)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.critic(pids, pm, rids, rm), b.critic(pids, pm, rids, rm)) and b.finished_only
+
+
+@pytest.mark.parametrize("credit, estimator", [("critic", "gae"), ("tppo", "egae")])
+def test_critic_run_resumes(tmp_path, credit, estimator):
+    over = tiny_overrides(tmp_path, name="resume", steps=2, save_every=1, eval_every=0, estimator=estimator, credit=credit)
+    full = train(build_config({**over, "name": "full"}))
+    part = train(build_config({**over, "steps": 1}))
+    resumed = train(build_config({**over, "steps": 2}), resume=part["run_dir"])
+    a = read_jsonl(Path(full["run_dir"]) / "metrics.jsonl")
+    b = read_jsonl(Path(resumed["run_dir"]) / "metrics.jsonl")
+    assert a[-1]["value/vf_loss"] == pytest.approx(b[-1]["value/vf_loss"], rel=1e-5)
+    assert a[-1]["loss"] == pytest.approx(b[-1]["loss"], rel=1e-5)
+
+
+def test_cap_per_group():
+    from grouprl.train.credit import cap_per_group
+
+    keep = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    seen = torch.zeros(10)
+    for s in range(40):
+        out = cap_per_group(keep, group, 2, torch.Generator().manual_seed(s))
+        assert not bool((out & ~keep).any())
+        counts = torch.zeros(3, dtype=torch.int64).index_add_(0, group, out.long())
+        assert counts.tolist() == [2, 1, 2]
+        seen += out
+    assert bool((seen[keep] > 0).all())  # every kept row is chosen sometimes: a random subset
+
+
+def test_spo_chain_unfinished_reward(tmp_path):
+    from grouprl.rollout import Generation
+    from grouprl.train.credit import CreditContext, SpoChainCredit
+
+    cfg = build_config(tiny_overrides(tmp_path, estimator="spo_chain", credit="spo_chain"))
+    credit = SpoChainCredit(cfg, torch.nn.Linear(1, 1), unfinished_reward=-1.0)
+    g = Generation(prompt_ids=torch.ones(2, 1, dtype=torch.int64), prompt_mask=torch.ones(2, 1, dtype=torch.bool),
+                   response_ids=torch.ones(2, 2, dtype=torch.int64), response_mask=torch.ones(2, 2, dtype=torch.bool),
+                   logprobs=torch.zeros(2, 2), truncated=torch.tensor([True, False]), prompt_index=torch.zeros(2, dtype=torch.int64),
+                   pad_id=0)
+    ctx = CreditContext(torch.nn.Linear(1, 1), cfg, 2, lambda gen: torch.tensor([0.5, 0.5]), torch.Generator())
+    assert credit._score(ctx)(g).tolist() == [-1.0, 0.5]
+    assert SpoChainCredit(cfg, torch.nn.Linear(1, 1))._score(ctx)(g).tolist() == [0.5, 0.5]
