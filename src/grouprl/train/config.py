@@ -1,0 +1,249 @@
+"""The training config: one typed pydantic model, loadable from YAML, overridable from the CLI.
+
+``parse_overrides(["estimator=ngrpo", "--model", "5M", "--estimator_kwargs.eps=1e-6"])`` turns
+command-line words into a dict; ``load_config(path, overrides)`` merges YAML and overrides and
+validates. Errors are ``ConfigError`` with the key and the reason (unknown key -> close matches).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["TrainConfig", "ConfigError", "parse_overrides", "load_config", "build_config", "RESUMABLE_FIELDS"]
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key and says what to do."""
+
+
+class TrainConfig(BaseModel):
+    """Every knob of ``grouprl train`` (and ``grouprl sft``), with its default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # run
+    name: str | None = Field(None, description="run name; the run dir is out_dir/name (default: a timestamp)")
+    out_dir: str = Field("runs", description="parent directory of run dirs")
+    seed: int = Field(0, description="seed of everything (model init, task split, sampling, shuffling)")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+    # task and model
+    task: str = Field("mixed", description="task name (grouprl.tasks.get_task)")
+    model: str = Field("1M", description="model preset (1M, 5M, 20M) or a local HF checkpoint dir")
+    init: str | None = Field(None, description="start RL from this checkpoint dir (e.g. an SFT run's output)")
+    # warm start (SFT on the task's reference answers), run before RL when init is unset
+    sft_steps: int = Field(300, ge=0, description="SFT steps before RL when init is unset (0 = none)")
+    sft_batch_size: int = Field(64, ge=1)
+    sft_lr: float = Field(3e-3, gt=0)
+    sft_warmup_steps: int = Field(20, ge=0)
+    # rollout
+    prompts_per_step: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=1, description="G: responses sampled per prompt")
+    max_new_tokens: int = Field(6, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    sampler: str = Field("uniform", description="prompt sampler name")
+    sampler_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # advantage and loss
+    estimator: str = Field("grpo", description="any registered estimator name or expression")
+    estimator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    loss: str = Field("ppo_clip", description="policy loss name (grouprl.losses.LOSSES)")
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    agg: str = Field("token-mean", description="loss aggregation mode")
+    norm_const: float | None = Field(None, description="constant for agg=seq-mean-token-sum-norm (default max_new_tokens)")
+    old_logprobs: Literal["recompute", "sampling"] = Field(
+        "recompute", description="old-policy log-probs: recomputed in a forward, or those recorded while sampling"
+    )
+    kl_coef: float = Field(0.0, ge=0, description="KL to the reference (initial) policy; 0 = no reference model")
+    kl_type: str = Field("k3")
+    kl_in_reward: bool = Field(False, description="subtract kl_coef * sequence KL from the reward instead of the loss")
+    entropy_coef: float = Field(0.0)
+    # optimisation
+    steps: int = Field(60, ge=0, description="RL steps")
+    lr: float = Field(1e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
+    weight_decay: float = Field(0.0, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm (0 = off)")
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
+    micro_batch_size: int = Field(128, ge=1, description="rows per forward/backward (gradient accumulation)")
+    # evaluation
+    eval_every: int = Field(10, ge=0, description="evaluate every N RL steps (0 = only start and end)")
+    eval_size: int = Field(500, ge=1, description="evaluate on N evenly spaced examples of the task's fixed eval set")
+    pass_k: int = Field(4, ge=1, description="k of the sampled pass@k")
+    pass_k_size: int = Field(50, ge=0, description="eval examples used for pass@k (0 = skip)")
+    # output
+    save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    reward_fn: str | None = Field(
+        None, description="'module:function' scoring (example, completion) -> float, replacing the task's verifier"
+    )
+    reward_timeout_s: float = Field(2.0, gt=0)
+    failure_reward: float = 0.0
+    tensorboard: bool = True
+    progress: bool = True
+
+    @field_validator("agg")
+    @classmethod
+    def _agg(cls, v: str) -> str:
+        from ..losses import AGG_MODES
+
+        if v not in AGG_MODES:
+            raise ValueError(f"unknown aggregation {v!r}; choose one of {', '.join(AGG_MODES)}")
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        from ..losses import LOSSES
+
+        if v not in LOSSES:
+            close = [n for n in LOSSES if n.startswith(v) or v.startswith(n)]
+            close += [n for n in difflib.get_close_matches(v, list(LOSSES), n=3, cutoff=0.5) if n not in close]
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(f"unknown policy loss {v!r}; {hint}registered: {', '.join(sorted(LOSSES))}")
+        return v
+
+    @field_validator("kl_type")
+    @classmethod
+    def _kl_type(cls, v: str) -> str:
+        from ..losses import KL_TYPES
+
+        if v not in KL_TYPES:
+            raise ValueError(f"unknown KL estimator {v!r}; choose one of {', '.join(KL_TYPES)}")
+        return v
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator(cls, v: str) -> str:
+        from ..advantages import registry
+
+        try:
+            registry.parse(v)
+        except Exception as exc:  # UnknownName (with suggestions) or a malformed expression
+            raise ValueError(str(exc).strip("'\"")) from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.mini_batches > self.prompts_per_step * self.group_size:
+            raise ValueError(
+                f"mini_batches={self.mini_batches} exceeds the rows per step "
+                f"(prompts_per_step*group_size = {self.prompts_per_step * self.group_size})"
+            )
+        return self
+
+    def compat_hash(self) -> str:
+        """Hash of the fields that a resumed run must share with the original (all but RESUMABLE_FIELDS)."""
+        d = {k: v for k, v in self.model_dump().items() if k not in RESUMABLE_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Fields that may differ between a run and its resumption (they do not change the trajectory).
+RESUMABLE_FIELDS = frozenset({"steps", "threads", "tensorboard", "progress", "out_dir", "name", "save_every", "keep_checkpoints"})
+
+
+class _Flag:
+    """A bare ``--key`` (no value): True for a bool field, an error for any other."""
+
+    def __repr__(self) -> str:
+        return "<flag without value>"
+
+
+_FLAG = _Flag()
+
+
+def _coerce(text: str) -> Any:
+    """A command-line value: YAML scalars/lists/dicts (``1e-4`` stays for pydantic to coerce)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(words: list[str]) -> dict[str, Any]:
+    """``key=value``, ``--key value``, ``--key=value`` and ``--flag`` (True) into a nested dict."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w.startswith("--"):
+            body = w[2:]
+            if "=" in body:
+                key, val = body.split("=", 1)
+            elif i + 1 < len(words) and not words[i + 1].startswith("--") and "=" not in words[i + 1]:
+                key, val = body, words[i + 1]
+                i += 1
+            else:
+                key, val = body, _FLAG
+        elif "=" in w:
+            key, val = w.split("=", 1)
+        else:
+            raise ConfigError(f"cannot read {w!r}; write overrides as key=value or --key value")
+        key = key.replace("-", "_")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {p} is set both as a value and as a dict")
+        node[parts[-1]] = val if val is _FLAG else _coerce(val)
+        i += 1
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate ``values``; unknown keys get close-match suggestions, bad values name the field."""
+    fields = list(TrainConfig.model_fields)
+    for key in values:
+        if key not in TrainConfig.model_fields:
+            close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(fields)}."
+            raise ConfigError(f"unknown config key {key!r}.{hint}")
+        if values[key] is _FLAG:
+            if TrainConfig.model_fields[key].annotation is not bool:
+                raise ConfigError(f"--{key} needs a value: write --{key} VALUE or {key}=VALUE")
+            values = {**values, key: True}
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {err.get('input')!r})")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file (optional) merged with overrides, validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of key: value")
+        values = loaded
+    return build_config(_merge(values, overrides or {}))

@@ -1,0 +1,82 @@
+"""Task text <-> token ids, per-step generators, and evaluation on the fixed held-out set."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..rollout import Generation, sample
+
+__all__ = ["encode_prompts", "encode_answers", "decode_responses", "step_generator", "evaluate", "CORRECT"]
+
+# A response counts as correct when its reward reaches this value (verifiers score 1.0 for right).
+CORRECT = 1.0 - 1e-6
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A torch.Generator that depends only on (seed, step, stream): a resumed run redraws the same numbers."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 64 + stream) % (2**63 - 1))
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, with BOS first when the tokenizer has one."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+def encode_answers(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each reference answer followed by EOS (the SFT targets)."""
+    return [tokenizer.encode(t, add_special_tokens=False) + [tokenizer.eos_token_id] for t in texts]
+
+
+def decode_responses(tokenizer: Any, gen: Generation) -> list[str]:
+    """Completion text of each row (EOS and padding removed)."""
+    ids = gen.response_ids.masked_fill(~gen.response_mask, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Any],
+    guard: Any,
+    *,
+    max_new_tokens: int,
+    pass_k: int,
+    pass_k_size: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+    chunk: int = 256,
+) -> dict[str, float]:
+    """Greedy accuracy (overall and per data_group) and sampled pass@k on a fixed example list."""
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
+    correct = []
+    for s in range(0, len(prompts), chunk):
+        gen = sample(
+            model, prompts[s : s + chunk], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens, greedy=True,
+        )
+        rewards, _ = guard.score_batch(list(examples[s : s + chunk]), decode_responses(tokenizer, gen))
+        correct.append(rewards >= CORRECT)
+    ok = torch.cat(correct).float()
+    out: dict[str, float] = {"acc": float(ok.mean())}
+    groups = sorted({e.data_group for e in examples if e.data_group is not None})
+    if len(groups) > 1:
+        for g in groups:
+            sel = torch.tensor([e.data_group == g for e in examples])
+            out[f"acc/{g}"] = float(ok[sel].mean())
+    n = min(pass_k_size, len(examples))
+    if n > 0:
+        gen = sample(
+            model, prompts[:n], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens, num_samples=pass_k, temperature=temperature, top_p=top_p,
+            generator=generator,
+        )
+        rows = [examples[i] for i in range(n) for _ in range(pass_k)]
+        rewards, _ = guard.score_batch(rows, decode_responses(tokenizer, gen))
+        hit = (rewards >= CORRECT).view(n, pass_k)
+        out[f"pass@{pass_k}"] = float(hit.any(dim=1).float().mean())
+        out["sampled_acc"] = float(hit.float().mean())
+    return out

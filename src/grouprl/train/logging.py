@@ -1,0 +1,94 @@
+"""Run output: JSONL metric files (and TensorBoard events when ``tensorboard`` is installed).
+
+One JSON object per line, each with ``step``. Every line is flushed and fsync-ed. On resume the
+files are cut back to the checkpoint's step (``truncate_after``), so a killed and resumed run's
+files equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JsonlWriter", "read_jsonl", "truncate_after", "TensorBoard"]
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class JsonlWriter:
+    """Append-only JSONL file; ``write(row)`` flushes and fsyncs the line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fh = open(self.path, "a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All complete lines of a JSONL file (a torn last line from a kill is ignored)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_after(path: str | Path, step: int) -> None:
+    """Keep only the complete lines with ``row['step'] <= step`` (atomically rewritten)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    keep = [json.dumps(r) for r in read_jsonl(p) if r.get("step", -1) <= step]
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in keep))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+class TensorBoard:
+    """Scalars to TensorBoard event files when ``torch.utils.tensorboard`` works; a no-op otherwise."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard not installed
+                return
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, prefix: str, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        step = int(row["step"])
+        for k, v in row.items():
+            v = _clean(v)
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,442 @@
+"""The training loop of ``grouprl train``, top to bottom.
+
+    set up (run dir, task, model [+ SFT warm start], reference model, optimizer, sampler)
+    resume from the latest checkpoint, or evaluate the warm start as step 0
+    for each step:
+        1. rollout     the sampler picks prompts; G responses each (KV-cached sampling), scored by
+                       the RewardGuard (a failing verifier gives failure_reward, counted)
+        2. logprobs    old-policy log-probs (recomputed in one forward, or the sampling ones),
+                       reference log-probs when kl_coef > 0 (KL in the loss, or in the reward)
+        3. advantages  any registered estimator name or expression, on a grouprl.Rollouts batch
+        4. update      ppo_epochs x mini-batches x micro-batches; the loss normalisers are computed
+                       once per mini-batch so gradient accumulation is micro-batch invariant;
+                       grad clipping, AdamW, LR schedule
+        5. log, evaluate every eval_every steps (fixed held-out set), checkpoint every save_every
+
+Determinism: every random draw of step s comes from a generator seeded with (seed, s, stream), and
+CPU kernels are deterministic at a fixed thread count: on CPU with the same seed and thread count, a
+run killed at any moment and resumed writes the same metrics as an uninterrupted one (timings, under
+``time/`` and ``perf/``, excepted; tested with a real SIGKILL in tests/test_checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..advantages import compute_advantages
+from ..advantages.registry import group_diagnostics
+from ..core import Rollouts
+from ..rollout import Generation, response_logprobs, sample
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
+from .data import CORRECT, decode_responses, encode_prompts, evaluate, step_generator
+from .logging import JsonlWriter, TensorBoard, read_jsonl, truncate_after
+from .sampler import get_sampler
+from .sft import lr_at, sft
+
+__all__ = ["train", "prepare_run_dir", "load_initial_model"]
+
+
+# ---------------------------------------------------------------------------- set-up helpers
+def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, TrainConfig]:
+    """Create (or reopen, for a resume) the run directory; returns it and the effective config."""
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
+        return run_dir, cfg
+    name = cfg.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.out_dir) / name
+    if (run_dir / "config.yaml").exists():
+        old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run"
+            + (" with a different config" if old != cfg.model_dump() else "")
+            + f"; continue it with `grouprl train --resume {run_dir}` or choose another name=..."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    return run_dir, cfg
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved config of ``run_dir`` with ``overrides`` of the fields a resume may change."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
+    values = yaml.safe_load(saved.read_text()) or {}
+    bad = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
+    if bad:
+        raise ConfigError(
+            f"--resume: cannot change {', '.join(bad)} of an existing run (it would change the trajectory); "
+            f"only {', '.join(sorted(RESUMABLE_FIELDS))} may be overridden. Start a new run instead."
+        )
+    values.update(overrides)
+    return build_config(values)
+
+
+def _is_preset(name: str) -> bool:
+    from ..models import PRESETS
+
+    return name in PRESETS
+
+
+def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any = None):
+    """The policy RL starts from: ``init`` if given, else the preset/HF dir, SFT-ed when sft_steps > 0.
+
+    The SFT result is saved to ``run_dir/sft`` (and reused by a resume); RL always starts from the
+    weights as loaded from disk, so an uninterrupted and a resumed run start from the same model.
+    """
+    from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
+
+    if cfg.init is not None:
+        if not Path(cfg.init).is_dir():
+            raise ConfigError(f"init: {cfg.init!r} is not a directory; pass a checkpoint dir saved by `grouprl sft`.")
+        return load_pretrained(cfg.init)
+    if cfg.sft_steps == 0:
+        if _is_preset(cfg.model):
+            tok = build_tokenizer("char")
+            return build_model(cfg.model, tok, seed=cfg.seed), tok
+        return load_pretrained(cfg.model)
+    sft_dir = run_dir / "sft"
+    if not (sft_dir / "config.json").exists():
+        if _is_preset(cfg.model):
+            tok = build_tokenizer("char")
+            model = build_model(cfg.model, tok, seed=cfg.seed)
+        else:
+            model, tok = load_pretrained(cfg.model)
+        t0 = time.perf_counter()
+        hist = sft(model, tok, task, steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, lr=cfg.sft_lr,
+                   warmup_steps=cfg.sft_warmup_steps, seed=cfg.seed)
+        save_pretrained(model, tok, sft_dir)
+        if console is not None:
+            console.print(f"SFT: {cfg.sft_steps} steps, final loss {hist[-1]['loss']:.3f}, "
+                          f"{time.perf_counter() - t0:.0f}s -> {sft_dir}")
+    return load_pretrained(str(sft_dir))
+
+
+def load_reward_fn(spec: str):
+    """Import ``'package.module:function'`` (a verifier ``fn(example, completion) -> float``)."""
+    import importlib
+
+    mod_name, _, fn_name = spec.partition(":")
+    if not mod_name or not fn_name:
+        raise ConfigError(f"reward_fn: {spec!r} is not 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"reward_fn: cannot import {spec!r} ({exc})") from None
+    if not callable(fn):
+        raise ConfigError(f"reward_fn: {spec!r} is not callable")
+    return fn
+
+
+def make_guard(cfg: TrainConfig, task: Any):
+    """The RewardGuard around the verifier: ``reward_fn`` if given (untrusted: a worker process with
+    a timeout), else the task's own scorer (in-process when the task says it is trusted)."""
+    from ..tasks import RewardGuard
+
+    if cfg.reward_fn:
+        return RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
+                           failure_reward=cfg.failure_reward)
+    return RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
+                       trusted=bool(getattr(task, "trusted", False)))
+
+
+def eval_subset(task: Any, size: int) -> list:
+    """A fixed, seed-independent subset of the task's held-out examples: evenly spaced indices, so
+    every sub-task keeps its share and runs with different seeds are evaluated on the same set."""
+    examples = list(task.eval_examples)
+    if size >= len(examples):
+        return examples
+    idx = torch.linspace(0, len(examples) - 1, size).round().long().unique().tolist()
+    return [examples[i] for i in idx]
+
+
+def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return list(rows.split(size))
+
+
+def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConfig, entropy: bool):
+    """Teacher-forced log-probs (and entropy) of ``gen``'s rows, micro-batched, no grad."""
+    lps, ents = [], []
+    with torch.no_grad():
+        for mb in _micro_batches(rows, cfg.micro_batch_size):
+            lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
+                                        gen.response_mask[mb], temperature=cfg.temperature, return_entropy=entropy)
+            lps.append(lp)
+            ents.append(ent)
+    return torch.cat(lps), (torch.cat(ents) if entropy else None)
+
+
+# ---------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
+    """Run (or resume) RL training as configured; returns the summary (also in summary.json)."""
+    from ..losses import normalizers, policy_loss
+    from ..tasks import get_task
+
+    torch.set_num_threads(cfg.threads)
+    # CPU kernels are deterministic at a fixed thread count; use_deterministic_algorithms(True) would
+    # only swap in 5x slower index/scatter backward kernels (measured) and is not needed here.
+    torch.manual_seed(cfg.seed)
+    run_dir, cfg = prepare_run_dir(cfg, resume)
+    ckpt_root = run_dir / "checkpoints"
+
+    # -- task, verifier guard, model, reference, optimizer, sampler
+    task = get_task(cfg.task, seed=cfg.seed)
+    pool = list(task.train_pool)
+    eval_set = eval_subset(task, cfg.eval_size)
+    guard = make_guard(cfg, task)
+    model, tok = load_initial_model(cfg, task, run_dir, console)
+    model.train()
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)
+    group_names = sorted({e.data_group for e in pool}, key=str)
+    group_id = {g: i for i, g in enumerate(group_names)}
+    sampler = get_sampler(cfg.sampler, len(pool), seed=cfg.seed, prompt_groups=[e.data_group for e in pool],
+                          **cfg.sampler_kwargs)
+    pool_prompts = encode_prompts(tok, [e.prompt for e in pool])
+    norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
+
+    # -- resume or start
+    start_step, failures_total = 0, 0
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None:
+        if resume is None:  # pragma: no cover - prepare_run_dir refuses existing runs
+            raise ConfigError(f"{run_dir} has checkpoints; use --resume")
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
+        if state["config_hash"] != cfg.compat_hash():
+            raise CheckpointError(
+                f"checkpoint {ckpt} was written by a run with a different config (hash {state['config_hash']} vs "
+                f"{cfg.compat_hash()}); resume with the run's own config.yaml or start a new run."
+            )
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        start_step, failures_total = int(state["step"]), int(state["failures_total"])
+    for f in ("metrics.jsonl", "eval.jsonl"):
+        truncate_after(run_dir / f, start_step if ckpt is not None else -1)
+    metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
+    tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        model.eval()
+        row = {"step": step, **evaluate(
+            model, tok, eval_set, guard, max_new_tokens=cfg.max_new_tokens, pass_k=cfg.pass_k,
+            pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
+            generator=step_generator(cfg.seed, step, 5))}
+        model.train()
+        eval_log.write(row)
+        tb.write("eval", row)
+        return row
+
+    if ckpt is None:
+        run_eval(0)  # the warm start, before any RL step
+    progress = _Progress(cfg, start_step, console)
+
+    for step in range(start_step, cfg.steps):
+        times: dict[str, float] = {}
+        torch.manual_seed(step_generator(cfg.seed, step, 0).initial_seed())  # anything not given a generator
+        lr = lr_at(step, base=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule,
+                   min_ratio=cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # ---- 1. rollout: the sampler picks prompts; G samples each; the guard scores them
+        t0 = time.perf_counter()
+        g_sample = step_generator(cfg.seed, step, 1)
+        step_failures = 0
+
+        def generate(prompt_indices: list[int]) -> Generation:
+            nonlocal step_failures
+            gen = sample(model, [pool_prompts[i] for i in prompt_indices], eos_id=tok.eos_token_id,
+                         pad_id=tok.pad_token_id, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
+                         temperature=cfg.temperature, top_p=cfg.top_p, generator=g_sample,
+                         prompt_index=prompt_indices)
+            gen.texts = decode_responses(tok, gen)
+            examples = [pool[i] for i in gen.prompt_index.tolist()]
+            gen.rewards, gen.failed = guard.score_batch(examples, gen.texts)
+            step_failures += int(gen.failed.sum())
+            return gen
+
+        gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
+        model.train()
+        failures_total += step_failures
+        rows = torch.arange(len(gen))
+        times["rollout"] = time.perf_counter() - t0
+
+        # ---- 2. old-policy and reference log-probs
+        t0 = time.perf_counter()
+        mask = gen.response_mask
+        if cfg.old_logprobs == "recompute":
+            old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
+        else:
+            old_lp, entropy = gen.logprobs, _forward_logprobs(model, gen, rows, cfg, entropy=True)[1]
+        ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
+        rewards = gen.rewards.clone()
+        seq_kl = None
+        if ref_lp is not None:
+            seq_kl = ((old_lp - ref_lp) * mask).sum(dim=1)  # k1 per sequence, for the in-reward penalty
+            if cfg.kl_in_reward:
+                rewards = rewards - cfg.kl_coef * seq_kl
+        times["logprobs"] = time.perf_counter() - t0
+
+        # ---- 3. advantages
+        t0 = time.perf_counter()
+        batch = Rollouts(
+            rewards=rewards, group=gen.prompt_index, mask=mask, logprobs=gen.logprobs, old_logprobs=old_lp,
+            ref_logprobs=ref_lp, entropy=entropy, truncated=gen.truncated,
+            data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()]),
+        )
+        adv = compute_advantages(cfg.estimator, batch, **cfg.estimator_kwargs)
+        times["advantages"] = time.perf_counter() - t0
+
+        # ---- 4. update: epochs x mini-batches x micro-batches
+        t0 = time.perf_counter()
+        g_shuffle = step_generator(cfg.seed, step, 2)
+        loss_sums: dict[str, float] = {}
+        grad_norms, n_updates = [], 0
+        for _epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(len(gen), generator=g_shuffle)
+            for mini in perm.tensor_split(cfg.mini_batches):
+                norms = normalizers(mask[mini])  # global normalisers of this mini-batch
+                optimizer.zero_grad(set_to_none=True)
+                for mb in _micro_batches(mini, cfg.micro_batch_size):
+                    lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
+                                                mask[mb], temperature=cfg.temperature,
+                                                return_entropy=cfg.entropy_coef != 0)
+                    loss, lm = policy_loss(
+                        cfg.loss, lp, old_lp[mb], adv[mb], mask[mb], agg=cfg.agg, norm_const=norm_const,
+                        ref_logprobs=None if (ref_lp is None or cfg.kl_in_reward) else ref_lp[mb],
+                        kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
+                        entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs)
+                    loss.backward()
+                    # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
+                    loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
+                    for k, v in lm.items():
+                        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                grad_norms.append(float(gn))
+                optimizer.step()
+                n_updates += 1
+        times["update"] = time.perf_counter() - t0
+
+        # ---- 5. metrics, evaluation, checkpoint
+        n_tok = int(mask.sum())
+        diag = group_diagnostics(batch)
+        row: dict[str, Any] = {
+            "step": step + 1,
+            "reward": float(gen.rewards.mean()),
+            "reward_std": float(gen.rewards.std()) if len(gen) > 1 else 0.0,
+            "acc": float((gen.rewards >= CORRECT).float().mean()),
+            "frac_constant_groups": float(diag["frac_constant_groups"]),
+            "entropy": float((entropy * mask).sum() / max(n_tok, 1)),
+            "response_len": float(gen.lengths.float().mean()),
+            "truncated": float(gen.truncated.float().mean()),
+            "adv_abs": float((adv.abs() * mask).sum() / max(n_tok, 1)),
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "lr": lr,
+            "reward_failures": step_failures,
+            "reward_failures_total": failures_total,
+            **{k: v / n_updates for k, v in loss_sums.items()},
+            **_scalars("sampler/", sampler_metrics),
+        }
+        if ref_lp is not None:
+            d = ref_lp - old_lp
+            row["kl"] = float(((d.exp() - d - 1) * mask).sum() / max(n_tok, 1))  # k3 estimate per token
+        times["step"] = sum(times.values())
+        row.update({f"time/{k}": v for k, v in times.items()})
+        row["perf/rollout_tok_s"] = n_tok / max(times["rollout"], 1e-9)
+        row["perf/update_tok_s"] = n_tok * cfg.ppo_epochs / max(times["update"], 1e-9)
+        metrics_log.write(row)
+        tb.write("train", row)
+        last = step + 1 == cfg.steps
+        ev = run_eval(step + 1) if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0) else None
+        if last or (step + 1) % cfg.save_every == 0:
+            save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
+                "config_hash": cfg.compat_hash(), "sampler": sampler.state_dict(), "rng": rng_state(),
+                "failures_total": failures_total,
+            })
+        progress.update(row, ev)
+    progress.close()
+    if hasattr(guard, "close"):
+        guard.close()
+    metrics_log.close()
+    eval_log.close()
+    tb.close()
+    summary = _summary(run_dir, cfg)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _scalars(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar entries of a metrics dict (numbers and one-element tensors), prefixed."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = float(v)
+    return out
+
+
+def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    first, final = (evals[0] if evals else {}), (evals[-1] if evals else {})
+    return {
+        "run_dir": str(run_dir),
+        "steps": cfg.steps,
+        "estimator": cfg.estimator,
+        "loss": cfg.loss,
+        "task": cfg.task,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "warm_start_acc": first.get("acc"),
+        "final_acc": final.get("acc"),
+        "best_acc": max((e.get("acc", 0.0) for e in evals), default=None),
+        f"final_pass@{cfg.pass_k}": final.get(f"pass@{cfg.pass_k}"),
+        "final_eval": final,
+        "mean_reward_last10": (sum(m["reward"] for m in metrics[-10:]) / len(metrics[-10:])) if metrics else None,
+        "reward_failures_total": metrics[-1]["reward_failures_total"] if metrics else 0,
+        "train_seconds": sum(m.get("time/step", 0.0) for m in metrics),
+    }
+
+
+class _Progress:
+    """A rich progress bar with ETA and live reward / accuracy (silent when progress=False)."""
+
+    def __init__(self, cfg: TrainConfig, start: int, console: Any) -> None:
+        self.bar = None
+        self.acc = "-"
+        if not cfg.progress:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                            console=console, transient=False)
+        self.task = self.bar.add_task("", total=cfg.steps, completed=start)
+        self.bar.start()
+
+    def update(self, row: dict[str, Any], ev: dict[str, Any] | None) -> None:
+        if self.bar is None:
+            return
+        if ev is not None:
+            self.acc = f"{ev['acc']:.3f}"
+        self.bar.update(self.task, advance=1,
+                        description=f"reward {row['reward']:.3f}  eval acc {self.acc}  {row['time/step']:.2f}s/step")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
