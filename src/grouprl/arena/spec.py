@@ -53,7 +53,8 @@ _METHODS_QUICK = {
     "dr_grpo": {"estimator": "dr_grpo", "agg": "seq-mean-token-sum-norm"},
     "ngrpo": {"estimator": "ngrpo", "loss": "ngrpo_clip"},
     "canon": {"estimator": "canon"},
-    "dapo_dynamic": {"estimator": "grpo", "sampler": "dapo_dynamic"},
+    # at most 4 sampling rounds per step (default 16) keeps the sampler variant within the budget
+    "dapo_dynamic": {"estimator": "grpo", "sampler": "dapo_dynamic", "sampler_kwargs": {"max_rounds": 4}},
 }
 
 #: Built-in specs. ``quick`` is sized to finish in under 20 minutes with 2 workers on 2 CPU cores
@@ -62,13 +63,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
         "base": {
-            "model": "1M", "sft_steps": 300, "steps": 30, "prompts_per_step": 16, "group_size": 8,
-            "eval_every": 10, "eval_size": 200, "pass_k_size": 0, "save_every": 30, "keep_checkpoints": 1,
-            "lr": 1e-4,
+            "model": "1M", "sft_steps": 300, "steps": 40, "prompts_per_step": 16, "group_size": 8,
+            "eval_every": 10, "eval_size": 500, "pass_k_size": 0, "save_every": 40, "keep_checkpoints": 1,
         },
         "methods": _METHODS_QUICK,
         "tasks": ["mixed"],
-        "seeds": [0, 1, 2],
+        "seeds": [0, 1, 2, 3, 4, 5],
         "baseline": "grpo",
         "metric": "acc",
     },
