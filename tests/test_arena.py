@@ -289,3 +289,12 @@ def test_ray_backend_same_store(tmp_path):
         (cell,) = store.cells()
         assert cell["status"] == "done", cell["error"]
         assert [s for s, _ in store.series("metrics", "reward")[cell["cell_id"]]] == [1, 2, 3]
+
+
+def test_example_specs_match_presets():
+    root = Path(__file__).resolve().parents[1] / "examples" / "arena"
+    from grouprl.arena.spec import PRESETS
+
+    for name, preset in PRESETS.items():
+        assert yaml.safe_load((root / f"{name}.yaml").read_text()) == preset
+    assert len(load_spec(root / "mini.yaml").cells()) == 4

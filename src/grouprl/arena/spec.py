@@ -63,12 +63,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
         "base": {
-            "model": "1M", "sft_steps": 300, "steps": 40, "prompts_per_step": 16, "group_size": 8,
-            "eval_every": 10, "eval_size": 500, "pass_k_size": 0, "save_every": 40, "keep_checkpoints": 1,
+            "model": "1M", "sft_steps": 300, "steps": 30, "prompts_per_step": 16, "group_size": 8,
+            "eval_every": 10, "eval_size": 300, "pass_k_size": 0, "save_every": 30, "keep_checkpoints": 1,
         },
         "methods": _METHODS_QUICK,
         "tasks": ["mixed"],
-        "seeds": [0, 1, 2, 3, 4, 5],
+        "seeds": [0, 1, 2],
         "baseline": "grpo",
         "metric": "acc",
     },
@@ -78,7 +78,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": {
             **_METHODS_QUICK,
             "vade": {"estimator": "grpo", "sampler": "vade"},
-            "canon_cosine": {"estimator": "canon_cosine"},
         },
         "tasks": ["mixed"],
         "seeds": [0, 1, 2, 3, 4],
