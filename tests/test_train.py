@@ -97,6 +97,11 @@ def test_few_step_run(tmp_path, estimator, extra):
     final = _params(run)
     assert any(not torch.equal(v, final[k]) for k, v in sft_model.state_dict().items())
     assert json.loads((run / "summary.json").read_text())["estimator"] == estimator
+    if estimator == "grpo":  # the learning-curve PNG
+        from grouprl.train.plot import plot_run
+
+        png = plot_run(run)
+        assert png == run / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_kl_to_reference_in_loss_and_in_reward(tmp_path):
@@ -174,3 +179,23 @@ def test_cli_train_reports_config_errors(tmp_path):
 
     res = CliRunner().invoke(app, ["train", "estimater=grpo"])
     assert res.exit_code == 2 and "estimator" in res.output
+
+
+def test_cli_sft_then_train_from_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from grouprl.cli import app
+
+    over = tiny_overrides(tmp_path, steps=1, eval_size=4, pass_k_size=0)
+    words = [f"{k}={v}" for k, v in over.items() if k not in ("steps",)]
+    out = tmp_path / "warm"
+    res = CliRunner().invoke(app, ["sft", "--out", str(out), *words])
+    assert res.exit_code == 0, res.output
+    assert (out / "config.json").exists() and json.loads((out / "sft_eval.json").read_text())["steps"] == 3
+    res = CliRunner().invoke(app, ["train", f"init={out}", "name=from-init", "steps=1", *words])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "from-init"
+    assert not (run / "sft").exists()  # started from init, no SFT of its own
+    assert len(read_jsonl(run / "metrics.jsonl")) == 1
+    res = CliRunner().invoke(app, ["train", "init=/no/such/dir", "name=bad-init", *words])
+    assert res.exit_code == 2 and "init" in res.output

@@ -34,11 +34,11 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="seed of everything (model init, task split, sampling, shuffling)")
     threads: int = Field(2, ge=1, description="torch CPU threads")
     # task and model
-    task: str = Field("mixed", description="task name (grouprl.tasks.get_task)")
+    task: str = Field("add2", description="task name (grouprl.tasks.get_task)")
     model: str = Field("1M", description="model preset (1M, 5M, 20M) or a local HF checkpoint dir")
     init: str | None = Field(None, description="start RL from this checkpoint dir (e.g. an SFT run's output)")
     # warm start (SFT on the task's reference answers), run before RL when init is unset
-    sft_steps: int = Field(300, ge=0, description="SFT steps before RL when init is unset (0 = none)")
+    sft_steps: int = Field(600, ge=0, description="SFT steps before RL when init is unset (0 = none)")
     sft_batch_size: int = Field(64, ge=1)
     sft_lr: float = Field(3e-3, gt=0)
     sft_warmup_steps: int = Field(20, ge=0)
@@ -65,8 +65,8 @@ class TrainConfig(BaseModel):
     kl_in_reward: bool = Field(False, description="subtract kl_coef * sequence KL from the reward instead of the loss")
     entropy_coef: float = Field(0.0)
     # optimisation
-    steps: int = Field(60, ge=0, description="RL steps")
-    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(100, ge=0, description="RL steps")
+    lr: float = Field(5e-5, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
