@@ -178,6 +178,9 @@ def test_report_renders_and_matches_database(mini, tmp_path):
     assert cols[5] == f"{pt.mean_diff:+.3f} [{pt.low:+.3f}, {pt.high:+.3f}]"
     assert cols[6] == f"{pt.p_value:.3f}" and cols[7] == f"{holm([pt.p_value])[0]:.3f}"
     assert cols[8] == "not significant"  # 2 seeds: the smallest attainable p is 0.5
+    start = dict(con.execute("SELECT c.seed, e.value FROM cells c JOIN evals e ON e.cell_id=c.cell_id "
+                             "WHERE c.method='dr_grpo' AND e.name='acc' AND e.step=0").fetchall())
+    assert cols[9] == f"{np.mean([d[s] - start[s] for s in (0, 1)]):+.3f}"
     assert "smallest attainable p is 0.5" in md and "Not significant" in md
     # fairness table: worst group and Gini of the seed-averaged group accuracies
     from grouprl.metrics.fairness import fairness_summary

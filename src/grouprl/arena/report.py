@@ -63,14 +63,15 @@ def _load(run: Path) -> ReportData:
     return ReportData(spec=meta["spec"], meta=meta, cells=store.cells(), store=store)
 
 
-def final_scores(data: ReportData, metric: str, task: str) -> dict[str, dict[int, float]]:
-    """``{method: {seed: value of metric at the cell's last evaluation}}`` for one task."""
+def final_scores(data: ReportData, metric: str, task: str, first: bool = False) -> dict[str, dict[int, float]]:
+    """``{method: {seed: value of metric at the cell's last evaluation}}`` for one task (its first,
+    the warm start, when ``first``)."""
     series = data.store.series("evals", metric)
     out: dict[str, dict[int, float]] = {}
     for c in data.done:
         s = [(step, v) for step, v in series.get(c["cell_id"], []) if v is not None]
         if c["task"] == task and s:
-            out.setdefault(c["method"], {})[c["seed"]] = s[-1][1]
+            out.setdefault(c["method"], {})[c["seed"]] = s[0][1] if first else s[-1][1]
     return out
 
 
@@ -112,8 +113,11 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
     failed = [c for c in data.cells if c["status"] == "failed"]
     other = [c for c in data.cells if c["status"] not in ("done", "failed")]
     sweep = data.meta.get("last_sweep_s")
-    blocks.append(("p", f"{len(data.cells)} cells ({len(spec['methods'])} methods × {len(spec['tasks'])} tasks × "
-                        f"{len(spec['seeds'])} seeds): {n_done} done, {len(failed)} failed, {len(other)} not finished."
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}" + ("" if k == 1 else "s")
+
+    blocks.append(("p", f"{len(data.cells)} cells ({n(len(spec['methods']), 'method')} × {n(len(spec['tasks']), 'task')} × "
+                        f"{n(len(spec['seeds']), 'seed')}): {n_done} done, {len(failed)} failed, {len(other)} not finished."
                         + (f" Last sweep wall time {sweep / 60:.1f} min." if sweep else "")
                         + f" Score: final held-out `{metric}` (greedy, fixed evaluation set, the same for every seed)."
                         f" Baseline: `{baseline}`. Confidence intervals: 95% percentile bootstrap over seeds."))
@@ -148,6 +152,11 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
             if common:
                 comps[m] = paired_test([scores[m][s] for s in common], [scores[baseline][s] for s in common], seed=seed)
         adj = dict(zip(comps, holm([r.p_value for r in comps.values()]))) if comps else {}
+        start = final_scores(data, metric, task, first=True)
+        warm = [v for m in ms for v in start.get(m, {}).values()]
+        if warm:
+            blocks.append(("p", f"Warm start (step 0, before RL; shared by all methods of a seed): `{metric}` "
+                                f"{np.mean(warm):.3f} on average over seeds."))
         rows = []
         for m, mean, r in zip(ms, means, rk):
             vals = list(scores[m].values())
@@ -162,9 +171,12 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
                 row += [f"{c.mean_diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}]", _pfmt(c.p_value), _pfmt(adj[m]), verdict]
             else:
                 row += ["(baseline)" if m == baseline else "–", "–", "–", "–"]
+            gains = [scores[m][sd] - start[m][sd] for sd in scores[m] if sd in start.get(m, {})]
+            row.append(f"{np.mean(gains):+.3f}" if gains else "–")
             rows.append(row)
         blocks.append(_table(["method", "seeds", f"final {metric}", "95% CI", "rank",
-                              f"diff vs {baseline} [95% CI]", "p", "p (Holm)", "verdict"], rows))
+                              f"diff vs {baseline} [95% CI]", "p", "p (Holm)", "verdict", "change from warm start"],
+                             rows))
         if comps:
             n = min(r.n for r in comps.values())
             blocks.append(("p", f"Test: two-sided exact sign-flip permutation test on the per-seed differences "
@@ -194,7 +206,7 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
         blocks.append(("img", save(fig, f"curves_{_slug(task)}"), f"learning curves on {task}"))
 
         # zero-advantage groups
-        fig, ax = plt.subplots(figsize=(6.4, 3.2))
+        fig, ax = plt.subplots(figsize=(6.4, 3.7))
         zrows = []
         for m in ms:
             cv = _curves(data, "metrics", "frac_constant_groups", task, m)
@@ -207,11 +219,11 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
             per_seed = np.nanmean(mat, axis=1)
             mu, lo_, hi_ = bootstrap_ci(per_seed, seed=seed)
             zrows.append([f"`{m}`", _fmt(mu), f"[{_fmt(lo_)}, {_fmt(hi_)}]"])
-        ax.set_xlabel("RL step")
+        ax.set_xlabel("RL step", labelpad=1)
         ax.set_ylabel("fraction of groups")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{task}: zero-advantage (constant-reward) groups per step", fontsize=10)
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         blocks.append(("h2", f"Zero-advantage groups — task `{task}`"))
@@ -240,6 +252,8 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
             blocks.append(("h2", f"Wall time per RL step — task `{task}`"))
             blocks.append(("img", save(fig, f"time_{_slug(task)}"), f"wall time per step on {task}"))
             blocks.append(_table(["method", "s / step", "95% CI"], trows))
+            blocks.append(("p", "`time/step` = rollout + log-probs + advantages + update (evaluation excluded), measured "
+                                "while other cells ran in parallel on the same machine: compare within one sweep only."))
 
         # fairness across data groups
         frows, fheaders = _fairness(data, metric, task, ms)

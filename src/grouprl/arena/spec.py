@@ -63,8 +63,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
         "base": {
-            "model": "1M", "sft_steps": 300, "steps": 30, "prompts_per_step": 16, "group_size": 8,
-            "eval_every": 10, "eval_size": 300, "pass_k_size": 0, "save_every": 30, "keep_checkpoints": 1,
+            "model": "1M", "sft_steps": 600, "steps": 40, "lr": 5e-5, "prompts_per_step": 16, "group_size": 8,
+            "eval_every": 10, "eval_size": 300, "pass_k_size": 0, "save_every": 40, "keep_checkpoints": 1,
         },
         "methods": _METHODS_QUICK,
         "tasks": ["mixed"],
@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "name": "full",
-        "base": {"model": "1M", "steps": 150, "eval_every": 10, "eval_size": 500},
+        "base": {"model": "1M", "sft_steps": 600, "steps": 150, "lr": 5e-5, "eval_every": 10, "eval_size": 500},
         "methods": {
             **_METHODS_QUICK,
             "vade": {"estimator": "grpo", "sampler": "vade"},
