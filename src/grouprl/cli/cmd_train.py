@@ -62,7 +62,7 @@ def _fail(console: Console, exc: Exception) -> None:
 def train(ctx: typer.Context) -> None:
     """Group RL on a task: SFT warm start (unless init=PATH), then RL; writes runs/NAME/.
 
-    Usage: grouprl train [--config FILE] [--resume RUN] [key=value | --key value ...]
+    Usage: grouprl train (--config FILE) (--resume RUN) key=value | --key value ...
 
     Examples: `grouprl train`, `grouprl train estimator=dr_grpo agg=seq-mean-token-sum-norm steps=50`,
     `grouprl train --resume runs/NAME`.

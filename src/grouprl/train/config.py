@@ -31,7 +31,7 @@ class TrainConfig(BaseModel):
     # run
     name: str | None = Field(None, description="run name; the run dir is out_dir/name (default: a timestamp)")
     out_dir: str = Field("runs", description="parent directory of run dirs")
-    seed: int = Field(0, description="seed of everything (model init, task split, sampling, shuffling)")
+    seed: int = Field(0, description="seed of model init, train-pool order, SFT batches, sampling, shuffling (the eval split is fixed)")
     threads: int = Field(2, ge=1, description="torch CPU threads")
     # task and model
     task: str = Field("add2", description="task name (grouprl.tasks.get_task)")
