@@ -301,3 +301,26 @@ def test_example_specs_match_presets():
     for name, preset in PRESETS.items():
         assert yaml.safe_load((root / f"{name}.yaml").read_text()) == preset
     assert len(load_spec(root / "mini.yaml").cells()) == 4
+
+
+def test_dead_worker_fails_its_cell_and_is_replaced(tmp_path):
+    """A worker killed mid-cell (as by the OOM killer) fails that cell with the signal's name."""
+    from grouprl.arena.runner import _LocalBackend
+
+    (cell,) = spec_from_dict(mini_spec("dead", methods={"grpo": {}}, seeds=[0],
+                                       base={**TINY, "steps": 200, "reward_fn": None})).cells()
+    backend = _LocalBackend(workers=1)
+    try:
+        backend.submit(cell, tmp_path / "cells" / cell.cell_id, tmp_path / "warm")
+        assert backend.free() == 0
+        os.kill(backend.procs[0]["proc"].pid, signal.SIGKILL)
+        results = []
+        deadline = time.time() + 30
+        while not results and time.time() < deadline:
+            results = backend.poll(timeout=1.0)
+        ((cid, result),) = results
+        assert cid == cell.cell_id and result["status"] == "failed"
+        assert "SIGKILL" in result["error"]
+        assert backend.free() == 1 and backend.procs == []
+    finally:
+        backend.shutdown()
