@@ -259,6 +259,13 @@ def test_resume_after_sigkill_reruns_only_unfinished_cells(tmp_path):
         assert con.execute("SELECT COUNT(*) FROM metrics WHERE cell_id=?", (cid,)).fetchone()[0] == 0
     con.close()
 
+    # a resume runs the configs stored in the database: change one for the unfinished cells
+    rw = sqlite3.connect(db)
+    for cid in set(before) - done_before:
+        cfg = json.loads(rw.execute("SELECT config FROM cells WHERE cell_id=?", (cid,)).fetchone()[0])
+        rw.execute("UPDATE cells SET config=? WHERE cell_id=?", (json.dumps({**cfg, "eval_every": 2}), cid))
+    rw.commit()
+    rw.close()
     run_arena(resume=db.parent, workers=2)
     con = _db(db.parent)
     after = {r[0]: r[1:] for r in con.execute("SELECT cell_id, status, attempts, finished FROM cells")}
@@ -272,6 +279,8 @@ def test_resume_after_sigkill_reruns_only_unfinished_cells(tmp_path):
     for cid in after:
         steps = [r[0] for r in con.execute("SELECT DISTINCT step FROM metrics WHERE cell_id=? ORDER BY step", (cid,))]
         assert steps == list(range(1, 7))
+        evals = [r[0] for r in con.execute("SELECT step FROM evals WHERE cell_id=? AND name='acc' ORDER BY step", (cid,))]
+        assert evals == ([0, 3, 6] if cid in done_before else [0, 2, 4, 6])
     with pytest.raises(ArenaError, match="no arena.db"):
         run_arena(resume=tmp_path)
 

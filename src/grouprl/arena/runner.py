@@ -15,7 +15,8 @@ replaced, and the sweep goes on. Workers die with the arena process (Linux ``PR_
 tasks (``num_cpus=1`` each) and writes the returned rows into the same store; ray is imported only
 then. Only this parent process writes the database (one transaction per finished cell).
 
-Resume (``resume=True``): ``done`` cells are never run again; ``running`` cells (in flight when the
+Resume (``resume=RUN_DIR``): cells run with the configs stored in the database when the sweep was
+created (later changes of TrainConfig defaults do not leak into a resumed sweep); ``done`` cells are never run again; ``running`` cells (in flight when the
 sweep was killed) and ``pending`` ones run from scratch (their run dir is wiped first); ``failed``
 cells run again only with ``retry_failed=True``.
 """
@@ -342,8 +343,9 @@ def run_arena(spec: ArenaSpec | None = None, *, out_dir: str | Path | None = Non
         (root / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         store = ArenaStore(root / DB_NAME)
         store.set_meta(spec=spec.to_dict(), versions=versions(), created=time.time())
-    cells = {c.cell_id: c for c in spec.cells()}
-    store.add_cells(cells.values())
+    store.add_cells(spec.cells())
+    # run the configs as stored: a resumed sweep keeps its cells' configs even if defaults changed since
+    cells = {r["cell_id"]: Cell(r["cell_id"], r["method"], r["task"], r["seed"], r["config"]) for r in store.cells()}
     status = store.statuses()
     redo = [cid for cid, s in status.items() if s == "running" or (retry_failed and s == "failed")]
     store.reset(redo)
