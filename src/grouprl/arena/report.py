@@ -18,7 +18,6 @@ Everything is read from the arena's SQLite store. Sections:
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
