@@ -71,6 +71,10 @@ def versions() -> dict[str, str]:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if rev.returncode == 0:
             out["git"] = rev.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                out["git"] += " (+ uncommitted changes)"
     except Exception:  # pragma: no cover - no git
         pass
     return out
