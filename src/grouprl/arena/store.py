@@ -1,0 +1,259 @@
+"""One SQLite database per arena run: cells, per-step metrics, evaluations, configs, versions, timings.
+
+Durability scheme (chosen): **one transaction per finished cell.** Only the arena's parent
+process writes the database (workers write their trainer run dir, or return rows over Ray). A cell
+goes ``pending -> running`` (committed when it starts) and, when it ends, its per-step metrics, its
+evaluations, its summary and its ``done``/``failed`` status are written in ONE transaction. The
+database is in WAL mode with ``synchronous=FULL``, so a ``kill -9`` of the arena at any moment
+leaves every finished cell complete and every other cell ``pending`` or ``running`` with no result
+rows: it loses at most the cells in flight, which ``--resume`` runs again from scratch.
+
+Tables::
+
+    meta(key, value)                       spec (JSON), versions (JSON), created, ...
+    cells(cell_id, method, task, seed, status, error, config, run_dir, attempts,
+          started, finished, wall_s, warm_s, train_s, summary)
+    metrics(cell_id, step, name, value)    one row per (step, metric) of metrics.jsonl
+    evals(cell_id, step, name, value)      one row per (step, key) of eval.jsonl (step 0 = warm start)
+
+``export(db, out_dir)`` writes cells/metrics/evals as CSV (and Parquet when pyarrow imports).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+__all__ = ["ArenaStore", "STATUSES", "export", "versions"]
+
+STATUSES = ("pending", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY, method TEXT NOT NULL, task TEXT NOT NULL, seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    error TEXT, config TEXT NOT NULL, run_dir TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL, finished REAL, wall_s REAL, warm_s REAL, train_s REAL, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id), step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (cell_id, step, name)
+);
+CREATE TABLE IF NOT EXISTS evals (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id), step INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (cell_id, step, name)
+);
+"""
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, grouprl, torch, transformers, numpy and the platform (for the record)."""
+    import platform
+    import sys
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for mod in ("grouprl", "torch", "transformers", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - a missing optional module
+            out[mod] = "not installed"
+    try:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[3]
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            out["git"] = rev.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                out["git"] += " (+ uncommitted changes)"
+    except Exception:  # pragma: no cover - no git
+        pass
+    return out
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _long_rows(cell_id: str, rows: Iterable[dict[str, Any]]) -> list[tuple[str, int, str, float | None]]:
+    """JSONL rows ``{step, k: v, ...}`` -> (cell_id, step, k, v) for the numeric entries."""
+    out = []
+    for row in rows:
+        step = int(row["step"])
+        for k, v in row.items():
+            if k == "step":
+                continue
+            if v is None or _num(v) is not None:
+                out.append((cell_id, step, k, _num(v)))
+    return out
+
+
+class ArenaStore:
+    """The arena database at ``path`` (created with the schema when new)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        with self.transaction():
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+
+    # -- plumbing
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ArenaStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- meta
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction() as c:
+            for k, v in values.items():
+                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v, default=str)))
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    # -- cells
+    def add_cells(self, cells: Iterable[Any]) -> None:
+        """Insert cells as ``pending`` (cells already present are left as they are)."""
+        with self.transaction() as c:
+            for cell in cells:
+                c.execute(
+                    "INSERT OR IGNORE INTO cells(cell_id, method, task, seed, status, config) VALUES (?, ?, ?, ?, 'pending', ?)",
+                    (cell.cell_id, cell.method, cell.task, cell.seed, json.dumps(cell.config, sort_keys=True)),
+                )
+
+    def statuses(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT cell_id, status FROM cells"))
+
+    def mark_running(self, cell_id: str, run_dir: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE cells SET status='running', run_dir=?, started=?, attempts=attempts+1, error=NULL "
+                      "WHERE cell_id=?", (run_dir, time.time(), cell_id))
+
+    def reset(self, cell_ids: Iterable[str]) -> None:
+        """Back to ``pending`` with no result rows (cells to run again)."""
+        with self.transaction() as c:
+            for cid in cell_ids:
+                c.execute("DELETE FROM metrics WHERE cell_id=?", (cid,))
+                c.execute("DELETE FROM evals WHERE cell_id=?", (cid,))
+                c.execute("UPDATE cells SET status='pending', error=NULL, summary=NULL, finished=NULL, wall_s=NULL, "
+                          "train_s=NULL WHERE cell_id=?", (cid,))
+
+    def finish(self, cell_id: str, result: dict[str, Any]) -> None:
+        """Write a finished cell in one transaction: rows, summary, timings and the status flip.
+
+        ``result``: ``status`` ('done' or 'failed'), ``error`` (str or None), ``metrics`` and
+        ``evals`` (lists of JSONL rows), ``summary`` (dict or None), ``wall_s``, ``warm_s``.
+        """
+        status = result["status"]
+        if status not in ("done", "failed"):
+            raise ValueError(f"finish: status {status!r} must be 'done' or 'failed'")
+        summary = result.get("summary")
+        with self.transaction() as c:
+            c.execute("DELETE FROM metrics WHERE cell_id=?", (cell_id,))
+            c.execute("DELETE FROM evals WHERE cell_id=?", (cell_id,))
+            c.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", _long_rows(cell_id, result.get("metrics") or []))
+            c.executemany("INSERT INTO evals VALUES (?, ?, ?, ?)", _long_rows(cell_id, result.get("evals") or []))
+            c.execute(
+                "UPDATE cells SET status=?, error=?, summary=?, finished=?, wall_s=?, warm_s=?, train_s=? WHERE cell_id=?",
+                (status, result.get("error"), json.dumps(summary, default=str) if summary is not None else None,
+                 time.time(), _num(result.get("wall_s")), _num(result.get("warm_s")),
+                 _num((summary or {}).get("train_seconds")), cell_id),
+            )
+
+    # -- reading
+    def cells(self, status: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT * FROM cells" + (" WHERE status=?" if status else "") + " ORDER BY rowid"
+        cur = self.conn.execute(q, (status,) if status else ())
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur:
+            d = dict(zip(names, row))
+            d["config"] = json.loads(d["config"])
+            d["summary"] = json.loads(d["summary"]) if d["summary"] else None
+            out.append(d)
+        return out
+
+    def series(self, table: str, name: str) -> dict[str, list[tuple[int, float | None]]]:
+        """``{cell_id: [(step, value), ...]}`` of one metric (table 'metrics' or 'evals')."""
+        if table not in ("metrics", "evals"):
+            raise ValueError(f"series: table {table!r} must be 'metrics' or 'evals'")
+        out: dict[str, list[tuple[int, float | None]]] = {}
+        for cid, step, value in self.conn.execute(
+                f"SELECT cell_id, step, value FROM {table} WHERE name=? ORDER BY cell_id, step", (name,)):
+            out.setdefault(cid, []).append((step, value))
+        return out
+
+    def names(self, table: str) -> list[str]:
+        if table not in ("metrics", "evals"):
+            raise ValueError(f"names: table {table!r} must be 'metrics' or 'evals'")
+        return [r[0] for r in self.conn.execute(f"SELECT DISTINCT name FROM {table} ORDER BY name")]
+
+
+def _table_rows(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:
+    cur = conn.execute(f"SELECT * FROM {table} ORDER BY rowid")
+    return [d[0] for d in cur.description], cur.fetchall()
+
+
+def export(db: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("csv", "parquet")) -> list[Path]:
+    """Write the cells, metrics and evals tables as CSV and (when pyarrow imports) Parquet files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        pa = pq = None
+        if "parquet" in formats:
+            try:
+                import pyarrow as pa  # type: ignore[no-redef]
+                import pyarrow.parquet as pq  # type: ignore[no-redef]
+            except ImportError:
+                pa = pq = None
+        for table in ("cells", "metrics", "evals"):
+            cols, rows = _table_rows(conn, table)
+            if "csv" in formats:
+                p = out / f"{table}.csv"
+                with open(p, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(cols)
+                    w.writerows(rows)
+                written.append(p)
+            if pa is not None:
+                p = out / f"{table}.parquet"
+                pq.write_table(pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)}), p)
+                written.append(p)
+    finally:
+        conn.close()
+    return written

@@ -1,0 +1,75 @@
+"""``grouprl arena`` and ``grouprl report``.
+
+    grouprl arena SPEC.yaml [--workers 2] [--out DIR] [--backend local|ray]
+    grouprl arena --preset quick            # built-in specs: quick (< 20 min on 2 CPU cores), full
+    grouprl arena --resume arenas/quick     # continue a killed sweep; finished cells are not re-run
+    grouprl report arenas/quick             # report.md + report.html + figures in arenas/quick/report
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .app import app
+
+
+@app.command()
+def arena(
+    spec: Optional[Path] = typer.Argument(None, help="arena spec YAML (methods, tasks, seeds, base config)"),
+    preset: Optional[str] = typer.Option(None, help="built-in spec: quick or full (a SPEC file is merged over it)"),
+    out: Optional[Path] = typer.Option(None, help="parent directory of the arena run (default: the spec's out_dir)"),
+    name: Optional[str] = typer.Option(None, help="arena run name (default: the spec's name)"),
+    workers: int = typer.Option(2, min=1, help="cells run in parallel (one torch thread each)"),
+    resume: Optional[Path] = typer.Option(None, help="continue this arena run directory; done cells are kept"),
+    retry_failed: bool = typer.Option(False, help="with --resume: also run the failed cells again"),
+    backend: str = typer.Option("local", help="local (worker processes) or ray"),
+    ray_address: Optional[str] = typer.Option(None, help="with --backend ray: address of an existing Ray cluster"),
+    report: bool = typer.Option(True, help="write the report when the sweep ends"),
+) -> None:
+    """Run every (method, task, seed) cell of an arena with the embedded trainer; results go to
+    OUT/NAME/arena.db (SQLite), CSV/Parquet exports and a report."""
+    from ..arena import ArenaError, SpecError, load_spec, run_arena
+    from ..arena.report import write_report
+
+    console = Console()
+    try:
+        if resume is not None:
+            if spec is not None or preset is not None:
+                raise ArenaError("--resume uses the run's own spec; drop SPEC / --preset")
+            root = run_arena(resume=resume, workers=workers, backend=backend, retry_failed=retry_failed,
+                             console=console, ray_address=ray_address)
+        else:
+            s = load_spec(spec, preset, {"name": name})
+            root = run_arena(s, out_dir=out, workers=workers, backend=backend, console=console, ray_address=ray_address)
+    except (ArenaError, SpecError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2)
+    console.print(f"[bold green]arena done[/] {root} (database {root / 'arena.db'}, exports {root / 'export'})")
+    if report:
+        paths = write_report(root)
+        console.print(f"report: {paths['markdown']} and {paths['html']}")
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="arena run directory (holds arena.db)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default RUN/report)"),
+    export_data: bool = typer.Option(True, "--export/--no-export", help="also (re)write CSV/Parquet exports to RUN/export"),
+) -> None:
+    """Markdown + HTML report of an arena run with PNG figures, confidence intervals and tests."""
+    from ..arena import export
+    from ..arena.report import write_report
+
+    console = Console()
+    try:
+        paths = write_report(run, out)
+    except FileNotFoundError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2)
+    if export_data:
+        export(run / "arena.db", run / "export")
+    console.print(f"wrote {paths['markdown']}, {paths['html']} and figures in {paths['figures']}")
