@@ -231,7 +231,8 @@ def test_lora_trains_only_adapters(tmp_path):
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert apply_lora(model, rank=0, alpha=8, target_modules=["q_proj"]) is model
-    s = train(_cfg(tmp_path, name="lora", lora_rank=4, lora_alpha=8, lr=1e-2, steps=1, save_every=1))
+    s = train(_cfg(tmp_path, name="lora", lora_rank=4, lora_alpha=8, lr=1e-2, steps=1, save_every=1,
+                   reward_fn="test_train:digit_fraction"))
     from safetensors.torch import load_file
 
     ck = load_file(str(Path(s["run_dir"]) / "checkpoints" / "step_000001" / "model.safetensors"))
