@@ -272,7 +272,7 @@ def test_gpu_check_py_runs_small_on_cpu(tmp_path):
     assert {"memory floor", "grpo", "rloo", "gae", "gigpo", "mars"} <= names
     floor = next(r for r in saved["estimators"] if r["name"] == "memory floor")
     assert floor["x_floor"] == 1.0
-    assert all(r["ms"] > 0 for r in saved["estimators"])
+    assert all(r["ms"] > 0 for r in saved["estimators"] if not r["name"].startswith("verl"))
     tr = saved["train"]
     assert tr["steps"] == 2 and tr["rollout_tok_s"] > 0 and tr["update_tok_s"] > 0
     assert tr["precision"] == "bf16"
