@@ -70,9 +70,27 @@ def test_config_fields_validate():
 def test_generator_kept_on_cpu_and_moved_for_cuda():
     g = torch.Generator().manual_seed(7)
     assert device_generator(g, torch.device("cpu")) is g  # CPU stream untouched
-    # a "meta"-free check of the CUDA branch's seeding without a GPU is not possible; the seed is
-    # carried by initial_seed(), which is what the CUDA branch uses:
-    assert g.initial_seed() == 7
+
+
+def test_generator_for_cuda_is_seeded_from_the_step_generator(monkeypatch):
+    """The CUDA branch, with torch.Generator stubbed (no GPU here): device and seed are passed on."""
+    import grouprl.train.device as dev
+
+    made = []
+
+    class FakeGen:
+        def __init__(self, device):
+            made.append(device)
+
+        def manual_seed(self, seed):
+            made.append(seed)
+            return self
+
+    monkeypatch.setattr(dev.torch, "Generator", FakeGen)
+    out = dev.device_generator(torch._C.Generator().manual_seed(11), torch.device("cuda"))
+    assert isinstance(out, FakeGen) and made == [torch.device("cuda"), 11]
+
+def test_to_device_keeps_cpu_tensors():
     t = torch.ones(3)
     assert to_device(t, torch.device("cpu")) is t
 
