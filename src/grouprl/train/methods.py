@@ -112,10 +112,10 @@ class MethodHooks:
         if cfg.estimator == "copo" or self.copo_loss:
             from ..rewards.copo import answer_ids
 
-            batch = batch.replace(answer=answer_ids(list(texts), extractor=self.task.extract))
+            batch = batch.replace(answer=answer_ids(list(texts), extractor=self.task.extract).to(batch.device))
         if self.score_fns:
             cols = [fn(list(examples), list(texts)).to(torch.float32) for fn in self.score_fns]
-            batch = batch.replace(reward_components=torch.stack(cols, dim=1))
+            batch = batch.replace(reward_components=torch.stack(cols, dim=1).to(batch.device))
         if cfg.mask_truncated:
             from ..rewards.overlong import overlong_filter
 
