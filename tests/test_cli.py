@@ -42,3 +42,11 @@ def test_explain_unknown_name_suggests():
     res = runner.invoke(app, ["explain", "ngrpoo"], terminal_width=200)
     assert res.exit_code == 2
     assert "unknown method 'ngrpoo'" in res.output
+
+
+def test_list_markdown_has_one_row_per_method():
+    res = runner.invoke(app, ["list", "--markdown"])
+    assert res.exit_code == 0, res.output
+    names = [n for n in list(ESTIMATORS) + list(LOSSES) if not n.startswith("_")]
+    rows = [line for line in res.output.splitlines() if line.startswith("| ") and not line.startswith("| name")]
+    assert sorted(r.split(" | ")[0][2:] for r in rows) == sorted(names)

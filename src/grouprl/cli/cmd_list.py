@@ -21,26 +21,39 @@ def _example_batch(example: dict):
 
 
 @app.command("list")
-def list_methods() -> None:
+def list_methods(
+    markdown: bool = typer.Option(False, "--markdown", help="print Markdown tables (for docs)"),
+) -> None:
     """List the registered advantage estimators and policy losses."""
     from ..advantages import ESTIMATORS
     from ..losses import LOSSES
 
+    est = [(n, i.level, i.paper, ", ".join(i.needs)) for n, i in ESTIMATORS.items() if not n.startswith("_")]
+    los = [(n, i.level, i.paper) for n, i in LOSSES.items()]
+    if markdown:
+        print(f"Advantage estimators ({len(est)})\n")
+        print("| name | level | paper | batch fields needed |\n|---|---|---|---|")
+        for row in est:
+            print("| " + " | ".join(row) + " |")
+        print(f"\nPolicy losses ({len(los)})\n")
+        print("| name | level | paper |\n|---|---|---|")
+        for row in los:
+            print("| " + " | ".join(row) + " |")
+        return
     console = Console()
-    t = Table(title=f"Advantage estimators ({len(ESTIMATORS)})", show_lines=False)
+    t = Table(title=f"Advantage estimators ({len(est)})")
     t.add_column("name", no_wrap=True)
     for col in ("level", "paper", "batch fields needed"):
         t.add_column(col)
-    for name, info in ESTIMATORS.items():
-        if not name.startswith("_"):
-            t.add_row(name, info.level, info.paper, ", ".join(info.needs))
+    for row in est:
+        t.add_row(*row)
     console.print(t)
-    t = Table(title=f"Policy losses ({len(LOSSES)})")
+    t = Table(title=f"Policy losses ({len(los)})")
     t.add_column("name", no_wrap=True)
     for col in ("level", "paper"):
         t.add_column(col)
-    for name, info in LOSSES.items():
-        t.add_row(name, info.level, info.paper)
+    for row in los:
+        t.add_row(*row)
     console.print(t)
 
 

@@ -33,6 +33,10 @@ class TrainConfig(BaseModel):
     out_dir: str = Field("runs", description="parent directory of run dirs")
     seed: int = Field(0, description="seed of model init, train-pool order, SFT batches, sampling, shuffling (the eval split is fixed)")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda or cuda:N (grouprl.train.device)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="forward/backward autocast: auto (bf16 on a bf16 GPU, else fp32); weights stay fp32"
+    )
     # task and model
     task: str = Field("add2", description="task name (grouprl.tasks.get_task)")
     model: str = Field("1M", description="model preset (1M, 5M, 20M) or a local HF checkpoint dir")
@@ -62,6 +66,10 @@ class TrainConfig(BaseModel):
     old_logprobs: Literal["recompute", "sampling"] = Field(
         "recompute", description="old-policy log-probs: recomputed in a forward, or those recorded while sampling"
     )
+    rollout_is: Literal["none", "token", "sequence"] = Field(
+        "none", description="truncated importance sampling of recomputed old vs sampling log-probs (needs old_logprobs=recompute)"
+    )
+    rollout_is_cap: float = Field(2.0, gt=0, description="truncation C of the rollout_is weights")
     kl_coef: float = Field(0.0, ge=0, description="KL to the reference (initial) policy; 0 = no reference model")
     kl_type: str = Field("k3")
     kl_in_reward: bool = Field(False, description="subtract kl_coef * sequence KL from the reward instead of the loss")
@@ -79,6 +87,14 @@ class TrainConfig(BaseModel):
     ppo_epochs: int = Field(1, ge=1)
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
     micro_batch_size: int = Field(128, ge=1, description="rows per forward/backward (gradient accumulation)")
+    # LoRA (optional extra grouprl[lora]: peft); lora_rank=0 trains all weights
+    lora_rank: int = Field(0, ge=0, description="LoRA adapter rank (0 = full fine-tuning)")
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get adapters",
+    )
     # evaluation
     eval_every: int = Field(10, ge=0, description="evaluate every N RL steps (0 = only start and end)")
     eval_size: int = Field(500, ge=1, description="evaluate on N evenly spaced examples of the task's fixed eval set")
@@ -151,8 +167,21 @@ class TrainConfig(BaseModel):
             raise ValueError(str(exc).strip("'\"")) from None
         return v
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        base, _, index = v.partition(":")
+        if base not in ("auto", "cpu", "cuda") or (index and (base != "cuda" or not index.isdigit())):
+            raise ValueError(f"unknown device {v!r}; choose auto, cpu, cuda or cuda:N")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
+        if self.rollout_is != "none" and self.old_logprobs != "recompute":
+            raise ValueError(
+                f"rollout_is={self.rollout_is} needs old_logprobs=recompute (with old_logprobs=sampling the "
+                "weights are all 1); set old_logprobs=recompute or rollout_is=none"
+            )
         if self.mini_batches > self.prompts_per_step * self.group_size:
             raise ValueError(
                 f"mini_batches={self.mini_batches} exceeds the rows per step "

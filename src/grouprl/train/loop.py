@@ -38,6 +38,7 @@ from ..core import Rollouts
 from ..rollout import Generation, response_logprobs, sample
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .credit import CreditContext, make_credit
+from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
 from .data import CORRECT, decode_responses, encode_prompts, evaluate, step_generator
 from .logging import JsonlWriter, TensorBoard, read_jsonl, truncate_after
@@ -202,10 +203,15 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     eval_set = eval_subset(task, cfg.eval_size)
     guard = make_guard(cfg, task)
     model, tok = load_initial_model(cfg, task, run_dir, console)
+    device = resolve_device(cfg.device)  # grouprl.train.device: auto -> CUDA when available
+    precision = resolve_precision(cfg.precision, device)
+    amp = lambda: autocast(device, precision)  # noqa: E731  bf16 forwards; weights, losses stay fp32
+    model = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules,
+                       dropout=cfg.lora_dropout).to(device)
     model.train()
     credit = make_credit(cfg, model)  # token/segment credit hooks (grouprl.train.credit); no-op for "none"
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
     group_names = sorted({e.data_group for e in pool}, key=str)
     group_id = {g: i for i, g in enumerate(group_names)}
@@ -240,7 +246,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         row = {"step": step, **evaluate(
             model, tok, eval_set, guard, max_new_tokens=cfg.max_new_tokens, pass_k=cfg.pass_k,
             pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
-            generator=step_generator(cfg.seed, step, 5))}
+            generator=device_generator(step_generator(cfg.seed, step, 5), device))}
         model.train()
         eval_log.write(row)
         tb.write("eval", row)
@@ -260,15 +266,16 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
 
         # ---- 1. rollout: the sampler picks prompts; G samples each; the guard scores them
         t0 = time.perf_counter()
-        g_sample = step_generator(cfg.seed, step, 1)
+        g_sample = device_generator(step_generator(cfg.seed, step, 1), device)
         step_failures = 0
 
         def generate(prompt_indices: list[int]) -> Generation:
             nonlocal step_failures
-            gen = sample(model, [pool_prompts[i] for i in prompt_indices], eos_id=tok.eos_token_id,
-                         pad_id=tok.pad_token_id, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
-                         temperature=cfg.temperature, top_p=cfg.top_p, generator=g_sample,
-                         prompt_index=prompt_indices, logits_processor=credit.logits_processor())
+            with amp():
+                gen = sample(model, [pool_prompts[i] for i in prompt_indices], eos_id=tok.eos_token_id,
+                             pad_id=tok.pad_token_id, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
+                             temperature=cfg.temperature, top_p=cfg.top_p, generator=g_sample,
+                             prompt_index=prompt_indices, logits_processor=credit.logits_processor())
             gen.texts = decode_responses(tok, gen)
             examples = [pool[i] for i in gen.prompt_index.tolist()]
             gen.rewards, gen.failed = guard.score_batch(examples, gen.texts)
@@ -277,8 +284,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
 
         gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
         ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
-                            step_generator(cfg.seed, step, 6))
+                            device_generator(step_generator(cfg.seed, step, 6), device))
         gen = credit.extend_rollout(gen, ctx)  # e.g. T-PPO: continue the in-flight responses
+        gen.rewards = gen.rewards.to(device)  # the verifier scores on the host
         model.train()
         failures_total += step_failures
         rows = torch.arange(len(gen))
@@ -287,11 +295,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         # ---- 2. old-policy and reference log-probs
         t0 = time.perf_counter()
         mask = gen.response_mask
-        if cfg.old_logprobs == "recompute":
-            old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
-        else:
-            old_lp, entropy = gen.logprobs, _forward_logprobs(model, gen, rows, cfg, entropy=True)[1]
-        ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
+        with amp():
+            if cfg.old_logprobs == "recompute":
+                old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
+            else:
+                old_lp, entropy = gen.logprobs, _forward_logprobs(model, gen, rows, cfg, entropy=True)[1]
+            ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
         rewards = gen.rewards.clone()
         seq_kl = None
         if ref_lp is not None:
@@ -305,10 +314,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         batch = Rollouts(
             rewards=rewards, group=gen.prompt_index, mask=mask, logprobs=gen.logprobs, old_logprobs=old_lp,
             ref_logprobs=ref_lp, entropy=entropy, truncated=gen.truncated,
-            data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()]),
+            data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()], device=device),
         )
         batch = credit.prepare(batch, gen, ctx)
         adv = compute_advantages(cfg.estimator, batch, **cfg.estimator_kwargs)
+        # truncated IS of the sampler-vs-trainer mismatch (grouprl.train.device; off by default)
+        is_w, is_metrics = rollout_is(old_lp, gen.logprobs, mask, level=cfg.rollout_is, cap=cfg.rollout_is_cap)
         loss_mask = credit.loss_mask(mask)
         times["advantages"] = time.perf_counter() - t0
 
@@ -323,14 +334,17 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
                 norms = normalizers(loss_mask[mini])  # global normalisers of this mini-batch
                 optimizer.zero_grad(set_to_none=True)
                 for mb in _micro_batches(mini, cfg.micro_batch_size):
-                    lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
-                                                mask[mb], temperature=cfg.temperature,
-                                                return_entropy=cfg.entropy_coef != 0 or credit.needs_entropy)
+                    with amp():
+                        lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
+                                                    mask[mb], temperature=cfg.temperature,
+                                                    return_entropy=cfg.entropy_coef != 0 or credit.needs_entropy)
+                    lp = lp.float()  # the loss in fp32 (a no-op: response_logprobs works on fp32 logits)
                     loss, lm = policy_loss(
                         cfg.loss, lp, old_lp[mb], adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
                         ref_logprobs=None if (ref_lp is None or cfg.kl_in_reward) else ref_lp[mb],
                         kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
                         entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs,
+                        rollout_is_weights=None if is_w is None else is_w[mb],
                         **credit.loss_kwargs(ent))
                     loss.backward()
                     # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
@@ -364,6 +378,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             **{k: v / n_updates for k, v in loss_sums.items()},
             **_scalars("sampler/", sampler_metrics),
             **credit_metrics,
+            **is_metrics,
         }
         if ref_lp is not None:
             d = ref_lp - old_lp

@@ -1,0 +1,214 @@
+"""Where the trainer runs and in which precision: device choice, bf16 autocast, generators,
+host-to-device transfers, the truncated importance-sampling correction and optional LoRA.
+
+Everything here is a small function the training loop calls; on a CPU-only machine with the
+defaults (``device=auto``, ``precision=auto``) every one of them is a no-op, so CPU runs are
+bit-identical to runs before this module existed.
+
+- ``resolve_device("auto")`` -> ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``.
+- ``resolve_precision("auto", device)`` -> ``bf16`` on a CUDA device that supports bf16, else
+  ``fp32`` (bf16 autocast on a CPU is allowed when asked for explicitly: it is how the tests exercise
+  the bf16 path, but it is rarely faster there).
+- ``autocast(device, precision)``: the region for the policy/reference forwards (and the backward
+  that follows). Parameters stay fp32 (master weights); log-probs leave the region as fp32
+  (``response_logprobs`` casts the logits to fp32 before the log-softmax and ``fp32`` is applied
+  again by the loop before the loss), so advantages and losses are computed in fp32.
+- ``device_generator(gen, device)``: a torch.Generator on ``device`` seeded from ``gen`` (CUDA
+  sampling needs a CUDA generator); on CPU the given generator is returned untouched, so CPU sampling
+  keeps its exact random stream.
+- ``to_device(t, device)``: pinned-memory, non-blocking copies only for large host tensors going to
+  CUDA (see ``PIN_MIN_BYTES``); everything else is a plain ``.to``.
+- ``rollout_is_weights``: truncated importance sampling (TIS) between the policy that sampled the
+  rollout and the trainer's recomputed old policy.
+- ``apply_lora``: wrap the policy in ``peft`` LoRA adapters (optional extra ``grouprl[lora]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEVICES", "PRECISIONS", "ROLLOUT_IS", "PIN_MIN_BYTES",
+    "resolve_device", "resolve_precision", "autocast", "device_generator", "to_device",
+    "rollout_is_weights", "rollout_is", "apply_lora", "trainable_parameters",
+]
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+ROLLOUT_IS = ("none", "token", "sequence")
+
+#: Host tensors at least this large are copied to CUDA through pinned memory, non-blocking. The
+#: trainer's per-step host->device traffic (prompt ids, rewards: kilobytes) is far below it, so the
+#: loop never pins: pinning a small tensor costs more (a page-locked allocation) than the copy.
+#: It matters for bulk inputs such as the (B, T) tensors of benchmarks/gpu_check.py.
+PIN_MIN_BYTES = 1 << 20
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises ValueError.
+
+    ``cuda:N`` picks a device index.
+    """
+    name = str(device)
+    base = name.split(":", 1)[0]
+    if base not in DEVICES:
+        raise ValueError(f"device={device!r}: choose one of {', '.join(DEVICES)} (or cuda:N).")
+    if base == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda}); use device=cpu or device=auto, or install a CUDA build of torch."
+        )
+    return torch.device(name)
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return True  # CPU autocast supports bf16 in every torch this project supports
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a CUDA device with bf16 support, else ``fp32``.
+
+    An explicit ``bf16`` on a device without bf16 support raises ValueError.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and _bf16_supported(device) else "fp32"
+    if precision == "bf16" and not _bf16_supported(device):
+        raise ValueError(f"precision=bf16: device {device} does not support bf16; use precision=fp32.")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast region for forwards (and their backward) at ``precision``; a no-op for fp32.
+
+    Autocast runs matmuls in bf16 while parameters, their gradients and the optimizer state stay
+    fp32; reductions such as log-softmax stay in fp32 under autocast.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"autocast: precision={precision!r}; expected 'fp32' or 'bf16' (resolve 'auto' first).")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` whose stream is fixed by ``gen``'s seed; ``gen`` itself on CPU.
+
+    CUDA kernels (``torch.multinomial`` on CUDA probabilities) need a CUDA generator. The CUDA stream
+    differs from the CPU one for the same seed, so CUDA and CPU runs draw different samples; each is
+    reproducible on its own device.
+    """
+    if device.type == gen.device.type:
+        return gen
+    return torch.Generator(device=device).manual_seed(gen.initial_seed())
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; large CPU tensors bound for CUDA go through pinned memory, non-blocking."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu" and t.numel() * t.element_size() >= PIN_MIN_BYTES:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+# ---------------------------------------------------------------------------- truncated IS
+def rollout_is_weights(
+    old_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tensor, *, level: str = "token", cap: float = 2.0
+) -> tuple[Tensor, dict[str, float]]:
+    """Truncated importance weights correcting the rollout-vs-trainer log-prob mismatch.
+
+    The rollout engine samples from mu (its log-probs are ``sampling_logprobs``); the trainer's
+    recomputed old policy pi_old (``old_logprobs``) differs from mu by numerics (bf16, kernels,
+    another engine such as vLLM). Truncated importance sampling (Yao et al., "Your efficient RL
+    framework secretly brings you off-policy RL training", 2025; verl's rollout_is, TRL's
+    vllm_importance_sampling) reweights each token's policy-gradient term by
+
+        token:     w_t = min(pi_old(y_t) / mu(y_t), C)
+        sequence:  w   = min(prod_t pi_old(y_t) / mu(y_t), C)   (one weight per row, on every token)
+
+    with C = ``cap``. Weights are detached (no gradient), 0 on masked tokens, float32 (B, T).
+    Returns the weights and metrics: mean weight over valid tokens (``rollout_is/mean``), the fraction
+    of tokens (rows for ``sequence``) clipped at C (``rollout_is/clipped``), and the mean |log ratio|
+    per token (``rollout_is/abs_log_ratio``).
+    """
+    if level not in ("token", "sequence"):
+        raise ValueError(f"rollout_is level={level!r}: choose 'token' or 'sequence' (or 'none' to switch it off).")
+    if not cap > 0:
+        raise ValueError(f"rollout_is_cap={cap}: it must be > 0 (verl and TRL use 2.0).")
+    if old_logprobs.shape != sampling_logprobs.shape or old_logprobs.shape != mask.shape:
+        raise ValueError(
+            f"rollout_is_weights: old_logprobs {tuple(old_logprobs.shape)}, sampling_logprobs "
+            f"{tuple(sampling_logprobs.shape)} and mask {tuple(mask.shape)} must have the same (B, T) shape."
+        )
+    m = mask.bool()
+    log_ratio = (old_logprobs.detach().float() - sampling_logprobs.detach().float()).masked_fill(~m, 0.0)
+    if level == "token":
+        raw = log_ratio.exp()
+        clipped_frac = ((raw > cap) & m).sum() / m.sum().clamp(min=1)
+        w = raw.clamp(max=cap)
+    else:
+        seq = log_ratio.sum(dim=1, keepdim=True).clamp(max=80.0)  # exp stays finite; clipped at cap anyway
+        raw_seq = seq.exp()
+        has = m.any(dim=1)
+        clipped_frac = ((raw_seq.squeeze(1) > cap) & has).sum() / has.sum().clamp(min=1)
+        w = raw_seq.clamp(max=cap).expand_as(log_ratio)
+    w = w.masked_fill(~m, 0.0)
+    n = m.sum().clamp(min=1)
+    metrics = {
+        "rollout_is/mean": float(w.sum() / n),
+        "rollout_is/clipped": float(clipped_frac),
+        "rollout_is/abs_log_ratio": float(log_ratio.abs().sum() / n),
+    }
+    return w, metrics
+
+
+def rollout_is(
+    old_logprobs: Tensor, sampling_logprobs: Tensor | None, mask: Tensor, *, level: str, cap: float,
+) -> tuple[Tensor | None, dict[str, float]]:
+    """The trainer's switch: ``level="none"`` -> (None, {}); else ``rollout_is_weights``.
+
+    The weights go to ``grouprl.losses.policy_loss(..., rollout_is_weights=w)``, which multiplies
+    each token's policy-gradient loss by them before aggregation (a sequence-level loss such as
+    ``gmpo`` takes the geometric mean of its row's weights); KL and entropy terms are not reweighted,
+    as in verl.
+    """
+    if level == "none":
+        return None, {}
+    if sampling_logprobs is None:
+        raise ValueError("rollout_is: the rollout has no sampling log-probs; set rollout_is=none.")
+    return rollout_is_weights(old_logprobs, sampling_logprobs, mask, level=level, cap=cap)
+
+
+# ---------------------------------------------------------------------------- LoRA
+def apply_lora(model: Any, *, rank: int, alpha: float, target_modules: list[str] | str, dropout: float = 0.0) -> Any:
+    """Wrap ``model`` in peft LoRA adapters of ``rank`` (0: return ``model`` unchanged).
+
+    Only the adapter matrices are trainable; the base weights are frozen. Needs the optional extra
+    ``pip install 'grouprl[lora]'`` (peft).
+    """
+    if rank == 0:
+        return model
+    if rank < 0:
+        raise ValueError(f"lora_rank={rank}: use 0 (off) or a positive rank such as 8 or 16.")
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("lora_rank > 0 needs peft: pip install 'grouprl[lora]' (or peft>=0.12).") from None
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=dropout,
+                     bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def trainable_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
+    """The parameters the optimizer updates (all of them, or the LoRA adapters only)."""
+    return (p for p in model.parameters() if p.requires_grad)
