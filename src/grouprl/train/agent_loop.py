@@ -163,6 +163,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         model.train()
         row = {"step": step, "acc": greedy["success"], **{f"greedy_{k}": v for k, v in greedy.items()},
                "sampled_success": float(sampled.episode_success.float().mean())}
+        row["acc/sampled"] = row["sampled_success"]  # drawn by `grouprl plot` beside the greedy curve
         eval_log.write(row)
         tb.write("eval", row)
         return row
@@ -238,6 +239,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
             "step": step + 1,
             "reward": float(ab.episode_return.mean()),
             **_episode_metrics(ab),
+            "acc": float(ab.episode_success.float().mean()),  # = success; the name `grouprl plot` reads
             "rows": len(ab),
             "model_calls": ab.model_calls,
             "frac_constant_groups": float(diag["frac_constant_groups"]),
