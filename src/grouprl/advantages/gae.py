@@ -59,6 +59,7 @@ def _gae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns: 
     paper="High-Dimensional Continuous Control Using Generalized Advantage Estimation, "
     "arXiv:1506.02438",
     level="token",
+    masks_output=True,  # tests/test_properties.py::test_masked_tokens_are_exactly_zero
     example={
         "rewards": [1.0, 0.0],
         "group": [0, 1],
@@ -87,6 +88,7 @@ def gae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 1.0, whiten: bool =
     paper="REINFORCE++: Stabilizing Critic-Free Policy Optimization with Global Advantage "
     "Normalization, arXiv:2501.03262",
     level="token",
+    masks_output=True,  # tests/test_properties.py::test_masked_tokens_are_exactly_zero
     example={
         "rewards": [1.0, 0.0, 1.0],
         "group": [0, 0, 1],

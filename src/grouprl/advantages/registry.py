@@ -44,6 +44,7 @@ class EstimatorInfo:
     level: str
     example: dict[str, Any] | None
     defaults: dict[str, Any] = field(default_factory=dict)
+    masks_output: bool = False
 
     @property
     def doc(self) -> str:
@@ -74,18 +75,21 @@ def estimator(
     paper: str = "",
     level: str = "outcome",
     example: dict[str, Any] | None = None,
+    masks_output: bool = False,
 ):
     """Register ``fn`` as the estimator ``name``.
 
     ``needs``: the batch fields it reads (checked before the call). ``example``: a small worked
     example for ``grouprl explain``: ``{"rewards": [...], "group": [...], ...other fields,
     "kwargs": {...}}`` (one response token per row unless a ``mask`` is given).
+    ``masks_output``: a (B, T)-returning estimator that guarantees exact zeros on masked tokens
+    (and says so in a test) lets ``compute_advantages`` skip its own masking pass.
     """
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         ESTIMATORS.add(
             name,
-            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn)),
+            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output),
         )
         return fn
 
@@ -138,7 +142,7 @@ def _check_kwargs(what: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -
             raise TypeError(f"{what} got an unknown hyperparameter {k!r}: {hint}")
 
 
-def _finish(out: Tensor, batch: Rollouts, who: str) -> Tensor:
+def _finish(out: Tensor, batch: Rollouts, who: str, masked: bool = False) -> Tensor:
     if out.dim() == 1:
         if out.shape[0] != len(batch):
             raise ValueError(f"estimator {who!r} returned {tuple(out.shape)}, expected ({len(batch)},)")
@@ -158,7 +162,7 @@ def _finish(out: Tensor, batch: Rollouts, who: str) -> Tensor:
         if bool(bad.any()):
             r = int(bad.any(dim=1).nonzero()[0, 0])
             raise FloatingPointError(f"estimator {who!r} produced a non-finite advantage at row {r}.")
-    return torch.where(batch.mask, out, 0.0)
+    return out if masked else torch.where(batch.mask, out, 0.0)
 
 
 class Estimator:
@@ -210,7 +214,7 @@ class Estimator:
         total: Tensor | None = None
         for w, info, kwargs in self.terms:
             _check_needs(info, batch)
-            out = _finish(info.fn(batch, **kwargs), batch, info.name)
+            out = _finish(info.fn(batch, **kwargs), batch, info.name, info.masks_output)
             if w != 1.0:
                 out = out * w
             total = out if total is None else total + out

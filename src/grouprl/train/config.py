@@ -74,6 +74,15 @@ class TrainConfig(BaseModel):
     kl_type: str = Field("k3")
     kl_in_reward: bool = Field(False, description="subtract kl_coef * sequence KL from the reward instead of the loss")
     entropy_coef: float = Field(0.0)
+    # method extras (grouprl.train.methods)
+    ter: bool = Field(False, description="Confucius3-Math targeted entropy regularisation (stateful, checkpointed)")
+    ter_kwargs: dict[str, Any] = Field(default_factory=dict, description="TER target (0.55) and coef (0.001)")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO overlong shaping: L_cache tokens before max_new_tokens (0 = off)")
+    overlong_factor: float = Field(1.0, ge=0, description="DAPO overlong shaping: penalty at max_new_tokens")
+    mask_truncated: bool = Field(False, description="DAPO overlong filtering: truncated responses get no loss")
+    reward_components: list[str] = Field(
+        default_factory=list, description="MaxMin: reward functions ('task' or 'module:function'), one per user group"
+    )
     # optimisation
     steps: int = Field(100, ge=0, description="RL steps")
     lr: float = Field(5e-5, gt=0)

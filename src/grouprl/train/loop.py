@@ -42,7 +42,9 @@ from .device import apply_lora, autocast, device_generator, resolve_device, reso
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
 from .data import CORRECT, decode_responses, encode_prompts, evaluate, step_generator
 from .logging import JsonlWriter, TensorBoard, read_jsonl, truncate_after
-from .sampler import get_sampler
+from .methods import MethodHooks, reward_component_fns
+from .reports import format_group_table, group_report, ranking_report, sampler_calibration
+from .sampler import get_sampler, load_sampler_state, sampler_state
 from .sft import lr_at, sft
 
 __all__ = ["train", "prepare_run_dir", "load_initial_model"]
@@ -217,6 +219,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     group_id = {g: i for i, g in enumerate(group_names)}
     sampler = get_sampler(cfg.sampler, len(pool), seed=cfg.seed, prompt_groups=[e.data_group for e in pool],
                           **cfg.sampler_kwargs)
+    methods = MethodHooks(cfg, task, reward_component_fns(cfg, task, guard))  # per-method hooks (methods.py)
     pool_prompts = encode_prompts(tok, [e.prompt for e in pool])
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
 
@@ -232,7 +235,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
                 f"checkpoint {ckpt} was written by a run with a different config (hash {state['config_hash']} vs "
                 f"{cfg.compat_hash()}); resume with the run's own config.yaml or start a new run."
             )
-        sampler.load_state_dict(state["sampler"])
+        load_sampler_state(sampler, state["sampler"])
+        methods.load_state_dict(state.get("methods", {}))
         set_rng_state(state["rng"])
         credit.load_state_dict(state.get("credit", {}))
         start_step, failures_total = int(state["step"]), int(state["failures_total"])
@@ -248,6 +252,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
             generator=device_generator(step_generator(cfg.seed, step, 5), device))}
         model.train()
+        row.update(group_report(row, eval_set))  # per data_group table, worst / p20 / Gini
+        if console is not None:
+            console.print(format_group_table(step, row))
         eval_log.write(row)
         tb.write("eval", row)
         return row
@@ -317,10 +324,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()], device=device),
         )
         batch = credit.prepare(batch, gen, ctx)
-        adv = compute_advantages(cfg.estimator, batch, **cfg.estimator_kwargs)
+        batch = methods.prepare(batch, decode_responses(tok, gen), [pool[i] for i in gen.prompt_index.tolist()])
+        adv = methods.advantages(batch, step)  # per-method hooks (grouprl.train.methods)
         # truncated IS of the sampler-vs-trainer mismatch (grouprl.train.device; off by default)
         is_w, is_metrics = rollout_is(old_lp, gen.logprobs, mask, level=cfg.rollout_is, cap=cfg.rollout_is_cap)
-        loss_mask = credit.loss_mask(mask)
+        loss_mask = credit.loss_mask(mask) & batch.mask
+        methods.before_update(entropy, loss_mask, normalizers(loss_mask))
         times["advantages"] = time.perf_counter() - t0
 
         # ---- 4. update: epochs x mini-batches x micro-batches
@@ -337,15 +346,16 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
                     with amp():
                         lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
                                                     mask[mb], temperature=cfg.temperature,
-                                                    return_entropy=cfg.entropy_coef != 0 or credit.needs_entropy)
+                                                    return_entropy=cfg.entropy_coef != 0 or credit.needs_entropy
+                                                    or methods.needs_entropy)
                     lp = lp.float()  # the loss in fp32 (a no-op: response_logprobs works on fp32 logits)
                     loss, lm = policy_loss(
                         cfg.loss, lp, old_lp[mb], adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
                         ref_logprobs=None if (ref_lp is None or cfg.kl_in_reward) else ref_lp[mb],
                         kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
-                        entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs,
+                        entropy=ent, entropy_coef=methods.entropy_coef(cfg.entropy_coef), **norms, **cfg.loss_kwargs,
                         rollout_is_weights=None if is_w is None else is_w[mb],
-                        **credit.loss_kwargs(ent))
+                        **credit.loss_kwargs(ent), **methods.loss_kwargs(mb))
                     loss.backward()
                     # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
                     loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
@@ -379,6 +389,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             **_scalars("sampler/", sampler_metrics),
             **credit_metrics,
             **is_metrics,
+            **methods.metrics(),
+            **sampler_calibration(sampler),
+            **ranking_report(batch.rewards, old_lp, mask, gen.prompt_index),
         }
         if ref_lp is not None:
             d = ref_lp - old_lp
@@ -393,13 +406,14 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         ev = run_eval(step + 1) if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0) else None
         if last or (step + 1) % cfg.save_every == 0:
             save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
-                "config_hash": cfg.compat_hash(), "sampler": sampler.state_dict(), "rng": rng_state(),
+                "config_hash": cfg.compat_hash(), "sampler": sampler_state(sampler), "methods": methods.state_dict(), "rng": rng_state(),
                 "failures_total": failures_total, "credit": credit.state_dict(),
             })
         progress.update(row, ev)
     progress.close()
     if hasattr(guard, "close"):
         guard.close()
+    methods.close()
     metrics_log.close()
     eval_log.close()
     tb.close()

@@ -1,65 +1,56 @@
-"""A built-in ``uniform`` prompt sampler with the sampler protocol of ``grouprl.sampling``.
+"""The trainer's prompt samplers: ``grouprl.sampling``'s registry, plus checkpoint-safe state.
 
-Protocol: ``collect(step, prompts_per_step, generate) -> (gen, metrics)`` where
-``generate(list_of_prompt_indices) -> gen`` samples and scores those prompts; plus
-``state_dict()`` / ``load_state_dict()``. ``get_sampler`` uses ``grouprl.sampling`` when it is
-installed and provides ``uniform`` itself otherwise.
+``get_sampler`` is ``grouprl.sampling.get_sampler`` (``uniform``, ``dapo_dynamic``, ``vade``,
+``recent_sample_recovery``, ``equitable``, ``equitable_maxmin``; hyperparameters from
+``sampler_kwargs``). The dynamic samplers' ``state_dict()["carry"]`` holds a ``Generation`` (the
+groups carried to the next step); ``sampler_state`` turns it into plain tensors, lists and numbers
+so the checkpoint stores it in safetensors + JSON without pickle, and ``load_sampler_state``
+rebuilds it exactly (tensors bit for bit), so a resumed run continues identically.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from typing import Any
 
-import torch
+from ..rollout import Generation
+from ..sampling import SAMPLERS, UniformSampler, get_sampler
 
-__all__ = ["UniformSampler", "get_sampler"]
+__all__ = ["get_sampler", "SAMPLERS", "UniformSampler", "sampler_state", "load_sampler_state", "generation_to_state",
+           "generation_from_state"]
 
-
-def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A generator that depends only on (seed, step, stream): resumed runs draw the same numbers."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
-
-
-class UniformSampler:
-    """Each step, ``prompts_per_step`` distinct prompts drawn uniformly from the pool.
-
-    Stateless across steps (the draw depends on (seed, step) only), so ``state_dict`` is trivial.
-    """
-
-    def __init__(self, num_prompts: int, *, seed: int = 0, prompt_groups: Sequence[Any] | None = None) -> None:
-        if num_prompts < 1:
-            raise ValueError(f"UniformSampler: num_prompts={num_prompts}; the pool is empty.")
-        self.num_prompts = num_prompts
-        self.seed = seed
-
-    def collect(self, step: int, prompts_per_step: int, generate: Callable[[list[int]], Any]) -> tuple[Any, dict]:
-        g = _step_generator(self.seed, step, 7)
-        k = min(prompts_per_step, self.num_prompts)
-        idx = torch.randperm(self.num_prompts, generator=g)[:k].tolist()
-        return generate(idx), {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "num_prompts": self.num_prompts}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("num_prompts", self.num_prompts)) != self.num_prompts:
-            raise ValueError(
-                f"UniformSampler.load_state_dict: the checkpoint's pool has {state['num_prompts']} prompts, "
-                f"this task has {self.num_prompts}; resume with the same task and seed."
-            )
-        self.seed = int(state.get("seed", self.seed))
+_GEN_KEY = "__generation__"
 
 
-def get_sampler(name: str, num_prompts: int, *, seed: int, prompt_groups: Sequence[Any] | None = None, **hp: Any):
-    """The sampler ``name`` from ``grouprl.sampling`` if available, else the built-in ``uniform``."""
-    try:
-        from ..sampling import get_sampler as _lib_get_sampler  # type: ignore[attr-defined]
-    except ImportError:
-        _lib_get_sampler = None
-    if _lib_get_sampler is not None:
-        return _lib_get_sampler(name, num_prompts, seed=seed, prompt_groups=prompt_groups, **hp)
-    if name != "uniform":
-        raise ValueError(f"sampler {name!r} is unknown; without grouprl.sampling only 'uniform' is available.")
-    if hp:
-        raise ValueError(f"sampler 'uniform' takes no hyperparameters, got {sorted(hp)}.")
-    return UniformSampler(num_prompts, seed=seed, prompt_groups=prompt_groups)
+def generation_to_state(gen: Generation) -> dict[str, Any]:
+    """A ``Generation`` as a dict of tensors / lists / numbers (checkpoint-serialisable)."""
+    out: dict[str, Any] = {_GEN_KEY: True}
+    for f in dataclasses.fields(gen):
+        out[f.name] = getattr(gen, f.name)
+    out["extras"] = dict(gen.extras)
+    return out
+
+
+def generation_from_state(d: dict[str, Any]) -> Generation:
+    """Inverse of :func:`generation_to_state`."""
+    kw = {f.name: d[f.name] for f in dataclasses.fields(Generation) if f.name in d}
+    kw["pad_id"] = int(kw["pad_id"])
+    kw["extras"] = dict(kw.get("extras") or {})
+    if kw.get("texts") is not None:
+        kw["texts"] = list(kw["texts"])
+    return Generation(**kw)
+
+
+def sampler_state(sampler: Any) -> dict[str, Any]:
+    """``sampler.state_dict()`` with any carried ``Generation`` converted to plain data."""
+    d = dict(sampler.state_dict())
+    for k, v in d.items():
+        if isinstance(v, Generation):
+            d[k] = generation_to_state(v)
+    return d
+
+
+def load_sampler_state(sampler: Any, d: dict[str, Any]) -> None:
+    """Restore ``sampler`` from :func:`sampler_state`'s dict."""
+    d = {k: generation_from_state(v) if isinstance(v, dict) and v.get(_GEN_KEY) else v for k, v in d.items()}
+    sampler.load_state_dict(d)

@@ -1,0 +1,197 @@
+"""Per-method trainer hooks: what the loop must do, beyond ``compute_advantages``, for a method.
+
+One object, built from the config, that the loop calls at fixed points (docs/outcome-methods.md,
+"Using them in a training loop")::
+
+    hooks = MethodHooks(cfg, task, score_fns)
+    batch = hooks.prepare(batch, gen, examples)      # rewards / mask / answer / reward_components
+    adv   = hooks.advantages(batch, step)             # step= / total_steps= for schedules; COPO local
+    hooks.before_update(entropy, mask, norms)         # TER: this step's coefficient
+    policy_loss(..., entropy_coef=hooks.entropy_coef(cfg.entropy_coef), **hooks.loss_kwargs(mb))
+    hooks.metrics(); hooks.state_dict(); hooks.load_state_dict(d)
+
+What each method gets:
+
+* ``canon_cosine`` / ``canon_cosine_r`` (any estimator whose hyperparameters include ``step``):
+  the 0-based global ``step`` and, unless set in ``estimator_kwargs``, ``total_steps=cfg.steps``.
+* COPO (``loss="copo"``): answer ids from ``task.extract`` of each response (COPO's pluggable
+  answer extraction), ``copo_terms`` once per step with the ``estimator_kwargs`` of the ``copo``
+  estimator (mode, k, b, ...), local advantages to the loss and the global advantages / blend
+  weight per micro-batch. With ``estimator=copo`` and another loss the registered ``copo``
+  estimator's blended advantage is used (answer ids are still filled in).
+* Confucius3-Math TER (``ter=true``): a stateful ``TargetedEntropyRegularizer`` (``ter_kwargs``:
+  target, coef), updated once per step on the whole batch's entropies, checkpointed; its signed
+  coefficient is added to ``entropy_coef``.
+* DAPO overlong reward shaping (``overlong_buffer`` > 0: L_cache = overlong_buffer, L_max =
+  max_new_tokens, factor ``overlong_factor``) before the advantages, and overlong filtering
+  (``mask_truncated``: truncated rows keep their place in the group statistics but get no loss).
+* MaxMin (``reward_components``: a list of ``'task'`` / ``'module:function'`` reward functions):
+  each is evaluated on every response into ``batch.reward_components`` (B, K); the ``maxmin``
+  estimator then trains on the worst-off column. The built-in tasks have a single verifier, so
+  without extra functions MaxMin is K = 1 = its base estimator.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..advantages import compute_advantages
+from ..advantages.registry import ESTIMATORS
+from ..core import Rollouts
+
+__all__ = ["MethodHooks", "estimator_takes", "reward_component_fns"]
+
+
+def estimator_takes(name: str, hparam: str) -> bool:
+    """Whether the registered estimator ``name`` accepts the hyperparameter ``hparam`` (False for
+    expressions and unknown names)."""
+    if name not in ESTIMATORS:
+        return False
+    info = ESTIMATORS[name]
+    defaults = getattr(info, "defaults", None)
+    if isinstance(defaults, dict) and hparam in defaults:
+        return True
+    return hparam in inspect.signature(info.fn).parameters
+
+
+def reward_component_fns(cfg: Any, task: Any, task_guard: Any) -> list[Callable[[list, list[str]], Tensor]]:
+    """One scorer ``fn(examples, texts) -> (B,) rewards`` per entry of ``cfg.reward_components``:
+    ``'task'`` reuses the run's verifier guard, ``'module:function'`` gets its own guard (a worker
+    with a timeout, failures scored ``failure_reward``)."""
+    from ..tasks import RewardGuard
+    from .loop import load_reward_fn
+
+    fns = []
+    for spec in cfg.reward_components:
+        guard = task_guard if spec == "task" else RewardGuard(
+            load_reward_fn(spec), timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward)
+        fn = lambda ex, texts, g=guard: g.score_batch(ex, texts)[0]  # noqa: E731
+        fn.guard = None if spec == "task" else guard  # type: ignore[attr-defined]
+        fns.append(fn)
+    return fns
+
+
+class MethodHooks:
+    """The method-specific steps of one training run (see the module docstring)."""
+
+    def __init__(self, cfg: Any, task: Any, score_fns: Sequence[Callable[[list, list[str]], Tensor]] = ()) -> None:
+        from ..losses.confucius3 import TargetedEntropyRegularizer
+
+        self.cfg = cfg
+        self.task = task
+        self.score_fns = list(score_fns)
+        self.ter = TargetedEntropyRegularizer(**cfg.ter_kwargs) if cfg.ter else None
+        if cfg.overlong_buffer > cfg.max_new_tokens:
+            raise ValueError(
+                f"overlong_buffer={cfg.overlong_buffer} exceeds max_new_tokens={cfg.max_new_tokens}; the soft "
+                "punishment zone L_cache must fit inside the maximum length. Lower overlong_buffer."
+            )
+        if cfg.estimator == "maxmin" and not self.score_fns:
+            raise ValueError(
+                "estimator=maxmin needs reward_components (one reward function per user group, e.g. "
+                "reward_components=[task, mymodule:brevity]); the built-in tasks have a single verifier."
+            )
+        self.copo_loss = cfg.loss == "copo"
+        self._copo = None
+        self._worst: int | None = None
+        self._ter_entropy: float | None = None
+
+    # ------------------------------------------------------------------ batch
+    def prepare(self, batch: Rollouts, texts: Sequence[str], examples: Sequence[Any]) -> Rollouts:
+        """Reward shaping, extra batch fields and loss masks, before the advantages."""
+        cfg = self.cfg
+        if cfg.overlong_buffer > 0:
+            from ..rewards.overlong import shape_overlong
+
+            batch = shape_overlong(batch, max_length=cfg.max_new_tokens, cache_length=cfg.overlong_buffer,
+                                   factor=cfg.overlong_factor)
+        if cfg.estimator == "copo" or self.copo_loss:
+            from ..rewards.copo import answer_ids
+
+            batch = batch.replace(answer=answer_ids(list(texts), extractor=self.task.extract).to(batch.device))
+        if self.score_fns:
+            cols = [fn(list(examples), list(texts)).to(torch.float32) for fn in self.score_fns]
+            batch = batch.replace(reward_components=torch.stack(cols, dim=1).to(batch.device))
+        if cfg.mask_truncated:
+            from ..rewards.overlong import overlong_filter
+
+            batch = overlong_filter(batch)
+        return batch
+
+    def advantages(self, batch: Rollouts, step: int) -> Tensor:
+        """(B, T) advantages; schedules get ``step``/``total_steps``; COPO's loss gets the local ones."""
+        cfg = self.cfg
+        kw = dict(cfg.estimator_kwargs)
+        if estimator_takes(cfg.estimator, "step"):
+            kw.setdefault("step", step)
+            if estimator_takes(cfg.estimator, "total_steps"):
+                kw.setdefault("total_steps", cfg.steps)
+        if cfg.estimator == "maxmin":
+            from ..advantages.maxmin import worst_group
+
+            self._worst = worst_group(batch.reward_components, normalize=kw.get("normalize", "none"),
+                                      ref_mean=kw.get("ref_mean"), ref_std=kw.get("ref_std"))[1]
+        if not self.copo_loss:
+            return compute_advantages(cfg.estimator, batch, **kw)
+        from ..advantages.copo import copo_terms
+
+        copo_kw = kw if cfg.estimator == "copo" else {}
+        self._copo = copo_terms(batch, **copo_kw)
+        local = self._copo.local.to(torch.float32)
+        return (local.unsqueeze(1) * batch.mask).to(torch.float32)
+
+    # ------------------------------------------------------------------ update
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether the update must compute the policy's token entropy (TER)."""
+        return self.ter is not None
+
+    def before_update(self, entropy: Tensor, mask: Tensor, norms: dict[str, Any]) -> None:
+        """Once per step, before the micro-batches: TER reads the whole batch's entropy."""
+        if self.ter is not None:
+            self.ter.update(entropy, mask, **norms)
+            self._ter_entropy = self.ter.last_entropy
+
+    def entropy_coef(self, base: float) -> float:
+        """The entropy coefficient for ``policy_loss``: the config's plus TER's signed one."""
+        return base + (self.ter.entropy_coef if self.ter is not None else 0.0)
+
+    def loss_kwargs(self, rows: Tensor) -> dict[str, Any]:
+        """Extra ``policy_loss`` keywords for the micro-batch ``rows`` (COPO's global terms)."""
+        if self._copo is None:
+            return {}
+        t = self._copo
+        return {"global_advantages": t.global_[rows].to(torch.float32),
+                "blend_weight": t.weight[rows].to(torch.float32), "global_loss_coef": t.global_coef}
+
+    # ------------------------------------------------------------------ log and checkpoint
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.ter is not None:
+            out["ter/coef"] = float(self.ter.signed_coef)
+            if self._ter_entropy is not None:
+                out["ter/entropy"] = float(self._ter_entropy)
+        if self._copo is not None:
+            out["copo/blend_weight"] = float(self._copo.weight.mean())
+            out["copo/answer_entropy"] = float(self._copo.entropy.mean())
+        if self._worst is not None:
+            out["maxmin/worst_group"] = float(self._worst)
+        return out
+
+    def close(self) -> None:
+        """Stop the worker processes of the extra reward guards."""
+        for fn in self.score_fns:
+            g = getattr(fn, "guard", None)
+            if g is not None and hasattr(g, "close"):
+                g.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ter": self.ter.state_dict() if self.ter is not None else None}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if self.ter is not None and d.get("ter") is not None:
+            self.ter.load_state_dict(d["ter"])
