@@ -119,6 +119,13 @@ class TrainConfig(BaseModel):
     failure_reward: float = 0.0
     tensorboard: bool = True
     progress: bool = True
+    # multi-turn agents (grouprl.train.agent_loop, selected by env=<name>; docs/agents.md)
+    env: str | None = Field(None, description="train an agent in this text environment (grouprl.envs) instead of a task")
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the environment")
+    max_turns: int = Field(10, ge=1, description="turns per episode (env runs)")
+    history_len: int = Field(2, ge=0, description="past (observation, action) turns shown in the prompt (env runs)")
+    instruction: str | None = Field(None, description="task instruction of env prompts (default: the env's action_prompt)")
+    expert_noise: float = Field(0.5, ge=0, le=1, description="env SFT warm start: probability of a random move instead of the expert's")
 
     @field_validator("agg")
     @classmethod

@@ -186,6 +186,9 @@ def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConf
 # ---------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
     """Run (or resume) RL training as configured; returns the summary (also in summary.json)."""
+    if cfg.env is not None:  # multi-turn agents in a text environment
+        from .agent_loop import train_agent
+        return train_agent(cfg, resume=resume, console=console)
     from ..losses import normalizers, policy_loss
     from ..tasks import get_task
 

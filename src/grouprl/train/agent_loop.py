@@ -1,0 +1,271 @@
+"""The agent training loop: ``grouprl train env=<name> ...`` (multi-turn text environments), top to bottom.
+
+    set up (run dir, environment factory, model [+ noisy-expert SFT warm start], optimizer)
+    resume from the latest checkpoint, or evaluate the warm start as step 0
+    for each step:
+        1. rollout     prompts_per_step seeds x group_size episodes each, in lock-step, one batched
+                       ``sample`` call per turn (grouprl.rollout.multiturn); one row per agent step
+        2. logprobs    old-policy log-probs recomputed in one forward (or the sampling ones)
+        3. advantages  any registered estimator on a step-level Rollouts batch (group = the seed,
+                       trajectory, step, state_key, transition_key, step_rewards, agent, role,
+                       extras["invalid_action"]); default gigpo
+        4. update      the same PPO-style update as the task loop (epochs x mini x micro batches,
+                       normalisers per mini-batch, grad clipping, AdamW, LR schedule)
+        5. log, evaluate (greedy success rate on fixed eval seeds), checkpoint
+
+It reuses the task loop's pieces (run dir, summary, progress bar, forward log-probs) and its
+checkpoint format, so ``--resume`` works the same way. Evaluation rows carry ``acc`` = the greedy
+success rate (for ``grouprl plot`` and the summary), ``sampled_success`` at the training
+temperature, the mean return, the invalid-action rate and the episode length.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..advantages import compute_advantages
+from ..advantages.registry import group_diagnostics
+from ..core import Rollouts
+from ..rollout import response_logprobs
+from ..rollout.multiturn import AgentBatch, run_episodes
+from .agent_sft import agent_sft, expert_turns
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, TrainConfig
+from .data import step_generator
+from .logging import JsonlWriter, TensorBoard, truncate_after
+from .loop import _forward_logprobs, _is_preset, _micro_batches, _Progress, _summary, prepare_run_dir
+from .sft import lr_at
+
+__all__ = ["train_agent", "agent_batch_to_rollouts", "EVAL_SEED0", "SFT_SEED0"]
+
+EVAL_SEED0 = 1_000_000  # eval seeds: EVAL_SEED0 + 0..eval_size-1 (train seeds are drawn below it)
+SFT_SEED0 = 2_000_000  # seeds of the warm-start expert episodes
+SFT_EPISODES = 256
+
+
+def agent_batch_to_rollouts(ab: AgentBatch, mask: torch.Tensor, **token_fields: Any) -> Rollouts:
+    """The step-level ``Rollouts`` batch of a multi-turn rollout (the fields of docs/agents.md)."""
+    return Rollouts(
+        rewards=ab.rewards, group=ab.group, mask=mask, trajectory=ab.trajectory, step=ab.step,
+        state_key=ab.state_key, transition_key=ab.transition_key, step_rewards=ab.step_rewards,
+        agent=ab.agent, role=ab.agent, extras={"invalid_action": ab.invalid.float()}, **token_fields,
+    )
+
+
+def _env_factory(cfg: TrainConfig):
+    from ..envs import get_env
+
+    kwargs = dict(cfg.env_kwargs)
+    get_env(cfg.env, **kwargs)  # fail early: unknown name (close matches) or bad arguments
+    return lambda: get_env(cfg.env, **kwargs)
+
+
+def _initial_model(cfg: TrainConfig, make_env, run_dir: Path, console: Any):
+    """``init`` if given; else the preset/HF dir, SFT-ed on noisy-expert turns when sft_steps > 0
+    (saved to run_dir/sft and reused by a resume)."""
+    from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
+
+    if cfg.init is not None:
+        if not Path(cfg.init).is_dir():
+            raise ConfigError(f"init: {cfg.init!r} is not a directory; pass a checkpoint dir.")
+        return load_pretrained(cfg.init)
+
+    def fresh():
+        if _is_preset(cfg.model):
+            tok = build_tokenizer("char")
+            return build_model(cfg.model, tok, seed=cfg.seed), tok
+        return load_pretrained(cfg.model)
+
+    if cfg.sft_steps == 0:
+        return fresh()
+    sft_dir = run_dir / "sft"
+    if not (sft_dir / "config.json").exists():
+        model, tok = fresh()
+        t0 = time.perf_counter()
+        pairs = expert_turns(make_env, cfg.env, list(range(SFT_SEED0, SFT_SEED0 + SFT_EPISODES)), noise=cfg.expert_noise,
+                             max_turns=cfg.max_turns, history_len=cfg.history_len, instruction=cfg.instruction,
+                             seed=cfg.seed)
+        hist = agent_sft(model, tok, pairs, steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, lr=cfg.sft_lr,
+                         warmup_steps=cfg.sft_warmup_steps, seed=cfg.seed)
+        save_pretrained(model, tok, sft_dir)
+        if console is not None:
+            console.print(f"agent SFT: {len(pairs)} expert turns (noise {cfg.expert_noise}), {cfg.sft_steps} steps, "
+                          f"final loss {hist[-1]['loss']:.3f}, {time.perf_counter() - t0:.0f}s -> {sft_dir}")
+    return load_pretrained(str(sft_dir))
+
+
+def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_size: int, greedy: bool, gen) -> AgentBatch:
+    return run_episodes(model, tok, make_env, seeds, group_size=group_size, max_turns=cfg.max_turns,
+                        history_len=cfg.history_len, instruction=cfg.instruction, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy, generator=gen)
+
+
+def _episode_metrics(ab: AgentBatch) -> dict[str, float]:
+    return {
+        "success": float(ab.episode_success.float().mean()),
+        "return": float(ab.episode_return.mean()),
+        "invalid_rate": float(ab.invalid.float().mean()),
+        "episode_len": float(ab.episode_length.float().mean()),
+    }
+
+
+def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
+    """Run (or resume) agent RL in ``cfg.env``; returns the summary (also in summary.json)."""
+    from ..losses import normalizers, policy_loss
+
+    if "estimator" not in cfg.model_fields_set and resume is None:
+        cfg = cfg.model_copy(update={"estimator": "gigpo"})  # the default estimator of env runs
+    if cfg.credit != "none" or cfg.kl_in_reward or cfg.reward_fn:
+        raise ConfigError("env runs support credit=none, kl_in_reward=false and no reward_fn (the env gives rewards)")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir, cfg = prepare_run_dir(cfg, resume)
+    ckpt_root = run_dir / "checkpoints"
+
+    # -- environment, model, reference, optimizer
+    make_env = _env_factory(cfg)
+    model, tok = _initial_model(cfg, make_env, run_dir, console)
+    model.train()
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)
+    eval_seeds = list(range(EVAL_SEED0, EVAL_SEED0 + cfg.eval_size))
+    norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
+
+    # -- resume or start
+    start_step = 0
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None:
+        if resume is None:  # pragma: no cover - prepare_run_dir refuses existing runs
+            raise ConfigError(f"{run_dir} has checkpoints; use --resume")
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
+        if state["config_hash"] != cfg.compat_hash():
+            raise CheckpointError(f"checkpoint {ckpt} was written by a run with a different config; "
+                                  "resume with the run's own config.yaml or start a new run.")
+        set_rng_state(state["rng"])
+        start_step = int(state["step"])
+    for f in ("metrics.jsonl", "eval.jsonl"):
+        truncate_after(run_dir / f, start_step if ckpt is not None else -1)
+    metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
+    tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        model.eval()
+        greedy = _episode_metrics(_episodes(model, tok, make_env, cfg, eval_seeds, 1, True, None))
+        sampled = _episodes(model, tok, make_env, cfg, eval_seeds, 1, False, step_generator(cfg.seed, step, 5))
+        model.train()
+        row = {"step": step, "acc": greedy["success"], **{f"greedy_{k}": v for k, v in greedy.items()},
+               "sampled_success": float(sampled.episode_success.float().mean())}
+        row["acc/sampled"] = row["sampled_success"]  # drawn by `grouprl plot` beside the greedy curve
+        eval_log.write(row)
+        tb.write("eval", row)
+        return row
+
+    if ckpt is None:
+        run_eval(0)  # the warm start, before any RL step
+    progress = _Progress(cfg, start_step, console)
+
+    for step in range(start_step, cfg.steps):
+        times: dict[str, float] = {}
+        torch.manual_seed(step_generator(cfg.seed, step, 0).initial_seed())
+        lr = lr_at(step, base=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule,
+                   min_ratio=cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # ---- 1. rollout: prompts_per_step seeds x group_size episodes, lock-step
+        t0 = time.perf_counter()
+        seeds = torch.randint(EVAL_SEED0, (cfg.prompts_per_step,), generator=step_generator(cfg.seed, step, 3)).tolist()
+        ab = _episodes(model, tok, make_env, cfg, seeds, cfg.group_size, False, step_generator(cfg.seed, step, 1))
+        model.train()
+        gen, rows = ab.gen, torch.arange(len(ab))
+        times["rollout"] = time.perf_counter() - t0
+
+        # ---- 2. old-policy (and reference) log-probs
+        t0 = time.perf_counter()
+        mask = gen.response_mask
+        old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
+        if cfg.old_logprobs == "sampling":
+            old_lp = gen.logprobs
+        ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
+        times["logprobs"] = time.perf_counter() - t0
+
+        # ---- 3. advantages on the step-level batch
+        t0 = time.perf_counter()
+        batch = agent_batch_to_rollouts(ab, mask, logprobs=gen.logprobs, old_logprobs=old_lp, ref_logprobs=ref_lp,
+                                        entropy=entropy)
+        adv = compute_advantages(cfg.estimator, batch, **cfg.estimator_kwargs)
+        times["advantages"] = time.perf_counter() - t0
+
+        # ---- 4. update: epochs x mini-batches x micro-batches (as the task loop)
+        t0 = time.perf_counter()
+        g_shuffle = step_generator(cfg.seed, step, 2)
+        loss_sums: dict[str, float] = {}
+        grad_norms, n_updates = [], 0
+        for _epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(len(ab), generator=g_shuffle)
+            for mini in perm.tensor_split(min(cfg.mini_batches, len(ab))):
+                norms = normalizers(mask[mini])
+                optimizer.zero_grad(set_to_none=True)
+                for mb in _micro_batches(mini, cfg.micro_batch_size):
+                    lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
+                                                mask[mb], temperature=cfg.temperature,
+                                                return_entropy=cfg.entropy_coef != 0)
+                    loss, lm = policy_loss(
+                        cfg.loss, lp, old_lp[mb], adv[mb], mask[mb], agg=cfg.agg, norm_const=norm_const,
+                        ref_logprobs=None if ref_lp is None else ref_lp[mb], kl_coef=cfg.kl_coef, kl_type=cfg.kl_type,
+                        entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs)
+                    loss.backward()
+                    loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
+                    for k, v in lm.items():
+                        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                grad_norms.append(float(gn))
+                optimizer.step()
+                n_updates += 1
+        times["update"] = time.perf_counter() - t0
+
+        # ---- 5. metrics, evaluation, checkpoint
+        n_tok = int(mask.sum())
+        diag = group_diagnostics(batch)
+        row: dict[str, Any] = {
+            "step": step + 1,
+            "reward": float(ab.episode_return.mean()),
+            **_episode_metrics(ab),
+            "acc": float(ab.episode_success.float().mean()),  # = success; the name `grouprl plot` reads
+            "rows": len(ab),
+            "model_calls": ab.model_calls,
+            "frac_constant_groups": float(diag["frac_constant_groups"]),
+            "entropy": float((entropy * mask).sum() / max(n_tok, 1)),
+            "response_len": float(gen.lengths.float().mean()),
+            "adv_abs": float((adv.abs() * mask).sum() / max(n_tok, 1)),
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "lr": lr,
+            "reward_failures_total": 0,
+            **{k: v / n_updates for k, v in loss_sums.items()},
+        }
+        times["step"] = sum(times.values())
+        row.update({f"time/{k}": v for k, v in times.items()})
+        metrics_log.write(row)
+        tb.write("train", row)
+        last = step + 1 == cfg.steps
+        ev = run_eval(step + 1) if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0) else None
+        if last or (step + 1) % cfg.save_every == 0:
+            save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints,
+                            state={"config_hash": cfg.compat_hash(), "rng": rng_state()})
+        progress.update(row, ev)
+    progress.close()
+    metrics_log.close()
+    eval_log.close()
+    tb.close()
+    summary = {**_summary(run_dir, cfg), "env": cfg.env, "warm_start_success": None, "final_success": None}
+    summary["warm_start_success"], summary["final_success"] = summary["warm_start_acc"], summary["final_acc"]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
