@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,13 @@ import torch
 from ..advantages import compute_advantages
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
-from ..rollout import response_logprobs
 from ..rollout.multiturn import AgentBatch, run_episodes
 from .agent_sft import agent_sft, expert_turns
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import step_generator
 from .logging import JsonlWriter, TensorBoard, truncate_after
-from .loop import _forward_logprobs, _is_preset, _micro_batches, _Progress, _summary, prepare_run_dir
+from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, update_policy
 from .sft import lr_at
 
 __all__ = ["train_agent", "agent_batch_to_rollouts", "EVAL_SEED0", "SFT_SEED0"]
@@ -118,8 +116,6 @@ def _episode_metrics(ab: AgentBatch) -> dict[str, float]:
 
 def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
     """Run (or resume) agent RL in ``cfg.env``; returns the summary (also in summary.json)."""
-    from ..losses import normalizers, policy_loss
-
     if "estimator" not in cfg.model_fields_set and resume is None:
         cfg = cfg.model_copy(update={"estimator": "gigpo"})  # the default estimator of env runs
     if cfg.credit != "none" or cfg.kl_in_reward or cfg.reward_fn:
@@ -206,30 +202,9 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
         # ---- 4. update: epochs x mini-batches x micro-batches (as the task loop)
         t0 = time.perf_counter()
-        g_shuffle = step_generator(cfg.seed, step, 2)
-        loss_sums: dict[str, float] = {}
-        grad_norms, n_updates = [], 0
-        for _epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(len(ab), generator=g_shuffle)
-            for mini in perm.tensor_split(min(cfg.mini_batches, len(ab))):
-                norms = normalizers(mask[mini])
-                optimizer.zero_grad(set_to_none=True)
-                for mb in _micro_batches(mini, cfg.micro_batch_size):
-                    lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
-                                                mask[mb], temperature=cfg.temperature,
-                                                return_entropy=cfg.entropy_coef != 0)
-                    loss, lm = policy_loss(
-                        cfg.loss, lp, old_lp[mb], adv[mb], mask[mb], agg=cfg.agg, norm_const=norm_const,
-                        ref_logprobs=None if ref_lp is None else ref_lp[mb], kl_coef=cfg.kl_coef, kl_type=cfg.kl_type,
-                        entropy=ent, entropy_coef=cfg.entropy_coef, **norms, **cfg.loss_kwargs)
-                    loss.backward()
-                    loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
-                    for k, v in lm.items():
-                        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                grad_norms.append(float(gn))
-                optimizer.step()
-                n_updates += 1
+        loss_sums, grad_norms, n_updates = update_policy(
+            model, optimizer, gen, cfg, old_lp=old_lp, adv=adv, loss_mask=mask, ref_lp=ref_lp,
+            generator=step_generator(cfg.seed, step, 2), norm_const=norm_const)
         times["update"] = time.perf_counter() - t0
 
         # ---- 5. metrics, evaluation, checkpoint

@@ -21,6 +21,7 @@ run killed at any moment and resumed writes the same metrics as an uninterrupted
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -32,7 +33,6 @@ from typing import Any
 import torch
 import yaml
 
-from ..advantages import compute_advantages
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
 from ..rollout import Generation, response_logprobs, sample
@@ -171,6 +171,63 @@ def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(rows.split(size))
 
 
+def update_policy(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gen: Any,
+    cfg: TrainConfig,
+    *,
+    old_lp: torch.Tensor,
+    adv: torch.Tensor,
+    loss_mask: torch.Tensor,
+    ref_lp: torch.Tensor | None,
+    generator: torch.Generator,
+    norm_const: float,
+    amp: Any = contextlib.nullcontext,
+    need_entropy: bool = False,
+    entropy_coef: float | torch.Tensor | None = None,
+    extra_loss_kwargs: Any = None,
+    is_w: torch.Tensor | None = None,
+) -> tuple[dict[str, float], list[float], int]:
+    """The PPO-style update of one step: ``ppo_epochs`` x ``mini_batches`` optimizer steps, each over
+    micro-batches whose losses use the mini-batch's global normalisers (so the gradient does not
+    depend on ``micro_batch_size``). ``extra_loss_kwargs(mb, entropy)`` adds method-specific loss
+    arguments. Returns the summed loss metrics, the grad norms and the number of optimizer steps."""
+    from ..losses import normalizers, policy_loss
+
+    kl_in_loss = ref_lp is not None and not cfg.kl_in_reward
+    entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
+    loss_sums: dict[str, float] = {}
+    grad_norms, n_updates = [], 0
+    for _epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(len(gen), generator=generator)
+        for mini in perm.tensor_split(min(cfg.mini_batches, len(gen))):
+            norms = normalizers(loss_mask[mini])  # global normalisers of this mini-batch
+            optimizer.zero_grad(set_to_none=True)
+            for mb in _micro_batches(mini, cfg.micro_batch_size):
+                with amp():
+                    lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
+                                                gen.response_mask[mb], temperature=cfg.temperature,
+                                                return_entropy=cfg.entropy_coef != 0 or need_entropy)
+                lp = lp.float()  # the loss in fp32 (a no-op: response_logprobs works on fp32 logits)
+                loss, lm = policy_loss(
+                    cfg.loss, lp, old_lp[mb], adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
+                    ref_logprobs=ref_lp[mb] if kl_in_loss else None, kl_coef=cfg.kl_coef if kl_in_loss else 0.0,
+                    kl_type=cfg.kl_type, entropy=ent, entropy_coef=entropy_coef, **norms, **cfg.loss_kwargs,
+                    rollout_is_weights=None if is_w is None else is_w[mb],
+                    **(extra_loss_kwargs(mb, ent) if extra_loss_kwargs is not None else {}))
+                loss.backward()
+                # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
+                loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
+                for k, v in lm.items():
+                    loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            grad_norms.append(float(gn))
+            optimizer.step()
+            n_updates += 1
+    return loss_sums, grad_norms, n_updates
+
+
 def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConfig, entropy: bool):
     """Teacher-forced log-probs (and entropy) of ``gen``'s rows, micro-batched, no grad."""
     lps, ents = [], []
@@ -189,7 +246,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     if cfg.env is not None:  # multi-turn agents in a text environment
         from .agent_loop import train_agent
         return train_agent(cfg, resume=resume, console=console)
-    from ..losses import normalizers, policy_loss
+    from ..losses import normalizers
     from ..tasks import get_task
 
     torch.set_num_threads(cfg.threads)
@@ -334,37 +391,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
 
         # ---- 4. update: epochs x mini-batches x micro-batches
         t0 = time.perf_counter()
-        g_shuffle = step_generator(cfg.seed, step, 2)
-        loss_sums: dict[str, float] = {}
-        grad_norms, n_updates = [], 0
-        for _epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(len(gen), generator=g_shuffle)
-            for mini in perm.tensor_split(cfg.mini_batches):
-                norms = normalizers(loss_mask[mini])  # global normalisers of this mini-batch
-                optimizer.zero_grad(set_to_none=True)
-                for mb in _micro_batches(mini, cfg.micro_batch_size):
-                    with amp():
-                        lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
-                                                    mask[mb], temperature=cfg.temperature,
-                                                    return_entropy=cfg.entropy_coef != 0 or credit.needs_entropy
-                                                    or methods.needs_entropy)
-                    lp = lp.float()  # the loss in fp32 (a no-op: response_logprobs works on fp32 logits)
-                    loss, lm = policy_loss(
-                        cfg.loss, lp, old_lp[mb], adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
-                        ref_logprobs=None if (ref_lp is None or cfg.kl_in_reward) else ref_lp[mb],
-                        kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
-                        entropy=ent, entropy_coef=methods.entropy_coef(cfg.entropy_coef), **norms, **cfg.loss_kwargs,
-                        rollout_is_weights=None if is_w is None else is_w[mb],
-                        **credit.loss_kwargs(ent), **methods.loss_kwargs(mb))
-                    loss.backward()
-                    # micro-batch losses and metrics are normalised globally: they sum to the mini-batch's
-                    loss_sums["loss"] = loss_sums.get("loss", 0.0) + loss.item()
-                    for k, v in lm.items():
-                        loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                grad_norms.append(float(gn))
-                optimizer.step()
-                n_updates += 1
+        loss_sums, grad_norms, n_updates = update_policy(
+            model, optimizer, gen, cfg, old_lp=old_lp, adv=adv, loss_mask=loss_mask, ref_lp=ref_lp,
+            generator=step_generator(cfg.seed, step, 2), norm_const=norm_const, amp=amp,
+            need_entropy=credit.needs_entropy or methods.needs_entropy,
+            entropy_coef=methods.entropy_coef(cfg.entropy_coef), is_w=is_w,
+            extra_loss_kwargs=lambda mb, ent: {**credit.loss_kwargs(ent), **methods.loss_kwargs(mb)})
         credit_metrics = credit.after_update(batch, gen, ctx)  # e.g. the critic's own update
         times["update"] = time.perf_counter() - t0
 
