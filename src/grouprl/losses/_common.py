@@ -35,7 +35,7 @@ def clipped_surrogate(
     """PPO's clipped surrogate as a per-token loss, with the optional dual clip and TRL's ``delta``.
 
     ℓ = max(−A·min(ρ, δ), −A·clip(ρ, 1−ε_low, 1+ε_high)); for A < 0 with dual clip c:
-    ℓ = min(ℓ, −c·A). Returns ℓ and the indicator maps ``clipfrac`` (a bound binds),
+    ℓ = min(ℓ, −c·A). Returns ℓ and the bool indicator maps ``clipfrac`` (a bound binds),
     ``clipfrac_low`` (A < 0 and ρ < 1−ε_low), ``clipfrac_high`` (A > 0 and ρ > 1+ε_high) and, with
     dual clip, ``clipfrac_dual`` (the −c·A cap binds).
     """
@@ -45,12 +45,12 @@ def clipped_surrogate(
     loss = torch.maximum(pg1, pg2)
     low = (advantages < 0) & (ratio < 1.0 - eps_low)
     high = (advantages > 0) & (ratio > 1.0 + eps_high)
-    metrics = {"clipfrac": (low | high).to(ratio.dtype), "clipfrac_low": low.to(ratio.dtype), "clipfrac_high": high.to(ratio.dtype)}
+    metrics = {"clipfrac": low | high, "clipfrac_low": low, "clipfrac_high": high}
     if clip_ratio_c is not None:
         if clip_ratio_c <= 1.0:
             raise ValueError(f"clip_ratio_c must be > 1 (verl uses 3.0), got {clip_ratio_c}")
         pg3 = -advantages * clip_ratio_c
         dual = (advantages < 0) & (pg3 < loss)
         loss = torch.where(dual, pg3, loss)
-        metrics["clipfrac_dual"] = dual.to(ratio.dtype)
+        metrics["clipfrac_dual"] = dual
     return loss, metrics

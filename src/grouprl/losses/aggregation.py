@@ -20,12 +20,13 @@ not depend on the split. Compute ``normalizers(mask)`` once on the full batch an
 micro-batch losses, and of their gradients, then equals the full-batch loss and gradient exactly.
 When they are ``None`` the *local* counts of the tensors passed in are used, which reproduces
 verl's per-micro-batch behaviour and makes the objective depend on the split (verl #5625, #7321).
-Under data parallelism pass the all-reduced global counts and sum (do not average) the gradients,
-or multiply the loss by the world size when the framework averages them.
+Under data parallelism pass the all-reduced global counts and ``dp_size`` (the number of ranks):
+the loss is multiplied by it, which undoes DDP/FSDP gradient averaging (as verl's ``dp_size``).
 
 **Dr. GRPO's constant.** ``seq-mean-token-sum-norm`` divides by ``N_seq · C`` — the paper's
-"mean over responses of the token sum divided by MAX_TOKENS", as in verl 0.9.1 (its loss_scale_factor
-path); verl before 0.5 divided by C only (pass ``num_seqs=1`` for that). When ``norm_const`` is
+"mean over responses of the token sum divided by MAX_TOKENS", which gives the +0.125 of the worked
+example in methods/grpo-family.md section 5 (and verl 0.9.1's form as anchors.md section 1.5 reads it).
+Older verl releases divided by C only, without 1/N_seq: pass ``num_seqs=1`` for that. When ``norm_const`` is
 ``None``, C is the padded width T of the mask, with a ``UserWarning``: T changes from batch to batch
 unless the padding is fixed, which re-weights steps silently; pass the generation budget instead.
 
@@ -35,6 +36,7 @@ exactly 0 with a zero gradient, never NaN.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Union
 
@@ -65,7 +67,7 @@ def check_agg(agg: str) -> str:
 
 def normalizers(mask: Tensor, agg: str | None = None) -> dict[str, Tensor]:
     """Global normalisers of a (mini-)batch: ``num_tokens`` (valid tokens) and ``num_seqs`` (rows
-    with at least one valid token), as 0-d float64 tensors on the mask's device (no host sync).
+    with at least one valid token), as exact 0-d int64 tensors on the mask's device (no host sync).
 
     Compute them once on the full batch and pass them to every micro-batch's ``policy_loss`` /
     ``aggregate`` call (``**normalizers(mask)``). ``agg``, if given, is only validated: every mode
@@ -78,8 +80,8 @@ def normalizers(mask: Tensor, agg: str | None = None) -> dict[str, Tensor]:
         raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
     m = mask.to(torch.bool)
     return {
-        "num_tokens": m.sum().to(torch.float64),
-        "num_seqs": m.any(dim=1).sum().to(torch.float64),
+        "num_tokens": m.sum(),
+        "num_seqs": m.any(dim=1).sum(),
     }
 
 
@@ -89,20 +91,18 @@ def _count(value: Number | None, local: Tensor, like: Tensor) -> Tensor:
     return v.to(device=like.device, dtype=like.dtype).clamp_min(1.0)
 
 
-def _norm_const(norm_const: Number | None, mask: Tensor, like: Tensor) -> Tensor:
+def _norm_const(norm_const: Number | None, mask: Tensor, stacklevel: int = 3) -> Number:
+    """``norm_const``, or the padded width T of ``mask`` with a warning when it is None."""
     if norm_const is None:
         warnings.warn(
             "agg='seq-mean-token-sum-norm' without norm_const: dividing by the padded width "
             f"T={mask.shape[-1]} of this batch, which varies between batches unless the padding is "
             "fixed; pass norm_const=<generation budget (max new tokens)> for Dr. GRPO's constant.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-        return torch.tensor(float(mask.shape[-1]), dtype=like.dtype, device=like.device).clamp_min(1.0)
-    c = torch.as_tensor(norm_const).to(device=like.device, dtype=like.dtype)
-    if c.dim() != 0:
-        raise ValueError(f"norm_const must be a scalar, got shape {tuple(c.shape)}")
-    return c
+        return float(mask.shape[-1])
+    return norm_const
 
 
 def aggregate(
@@ -113,20 +113,34 @@ def aggregate(
     num_tokens: Number | None = None,
     num_seqs: Number | None = None,
     norm_const: Number | None = None,
+    dp_size: int = 1,
 ) -> Tensor:
     """Reduce a (B, T) per-token loss (or a (B,) per-sequence loss) to a scalar by ``agg``.
 
     See the module docstring for the five formulas. ``num_tokens``/``num_seqs`` are the GLOBAL
     counts of the full (mini-)batch (``normalizers(full_mask)``); ``None`` -> local counts of
-    ``mask``. Masked entries are ignored even if they hold inf or NaN (selected with ``where``).
+    ``mask``. ``dp_size`` multiplies the result (data parallelism with averaged gradients).
+    Masked entries are ignored even if they hold inf or NaN (selected with ``where``).
     """
+    out = _aggregate(per_token_loss, mask, agg, num_tokens, num_seqs, norm_const)
+    return out * dp_size if dp_size != 1 else out
+
+
+def _aggregate(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    agg: str,
+    num_tokens: Number | None,
+    num_seqs: Number | None,
+    norm_const: Number | None,
+) -> Tensor:
     check_agg(agg)
     m = mask.to(torch.bool)
     if m.dim() != 2:
         raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
     x = per_token_loss
-    if not x.dtype.is_floating_point:
-        x = x.to(torch.float32)
+    if not x.dtype.is_floating_point or x.dtype.itemsize < 4:
+        x = x.to(torch.float32)  # bf16/fp16 sums and counts would round: reduce in float32
     if x.dim() == 1:  # sequence-level loss: one value per row
         if x.shape[0] != m.shape[0]:
             raise ValueError(f"per-sequence loss has {x.shape[0]} rows, mask has {m.shape[0]}")
@@ -147,4 +161,10 @@ def aggregate(
         lengths = m.sum(dim=1).to(x.dtype).clamp_min(1.0)
         return (xm.sum(dim=1) / lengths).sum() / n_seq
     # seq-mean-token-sum-norm
-    return xm.sum() / (n_seq * _norm_const(norm_const, m, x))
+    c = _norm_const(norm_const, m, stacklevel=4)
+    if isinstance(c, Tensor):
+        if c.dim() != 0:
+            raise ValueError(f"norm_const must be a scalar, got a tensor of shape {tuple(c.shape)}")
+    elif not (float(c) > 0 and math.isfinite(float(c))):
+        raise ValueError(f"norm_const must be a finite number > 0 (the token budget), got {c!r}")
+    return xm.sum() / (n_seq * torch.as_tensor(c).to(device=x.device, dtype=x.dtype))

@@ -63,7 +63,8 @@ def ppo_clip(
     paper="Group Sequence Policy Optimization (GSPO), arXiv:2507.18071",
     agg="seq-mean-token-mean",
     example={
-        # row 0: token log-ratios 0.1, −0.1 -> s = 1 (inside); row 1: mean log-ratio 0.2 -> s = e^0.2 (clipped, A > 0)
+        # row 0: token log-ratios 0.1, −0.1 -> s = 1 (inside);
+        # row 1: mean log-ratio 0.2 -> s = e^0.2 (clipped, A > 0)
         "logprobs": [[-0.9, -1.1, 0.0], [-0.8, -1.0, -1.2]],
         "old_logprobs": [[-1.0, -1.0, 0.0], [-1.0, -1.2, -1.4]],
         "advantages": [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]],
@@ -83,9 +84,9 @@ def gspo(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GSPO: PPO clipping on the length-normalised sequence likelihood ratio.
 
-    s_i = (π_θ(y_i|x)/π_old(y_i|x))^{1/|y_i|} = exp((1/|y_i|) Σ_t log ρ_{i,t}) (paper eq. 7), and
+    s_i = (π_θ(y_i|x)/π_old(y_i|x))^{1/|y_i|} = exp((1/|y_i|) Σ_t log ρ_{i,t}), and
     J = (1/G) Σ_i min(s_i·A_i, clip(s_i, 1−ε_low, 1+ε_high)·A_i). The ratio is injected per token as
-    s_{i,t} = sg(s_i)·π_θ(y_{i,t})/sg(π_θ(y_{i,t})) (GSPO-token, eq. 13): its value is s_i and
+    s_{i,t} = sg(s_i)·π_θ(y_{i,t})/sg(π_θ(y_{i,t})) (the paper's GSPO-token form): its value is s_i and
     ∂s_{i,t}/∂log π_θ(y_{i,t}) = s_i, so with ``seq-mean-token-mean`` aggregation the gradient is
     exactly the paper's −(1/G) Σ_i A_i s_i (1/|y_i|) Σ_t ∇log π_θ(y_{i,t}). The log of s is
     clamped at 10 as in verl; no dual clip.
@@ -126,7 +127,7 @@ def cispo(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """CISPO: REINFORCE with a clipped, stop-gradient importance-sampling weight.
 
-    ℓ = −sg(clip(ρ, 1 − ε_low, 1 + ε_high))·A·log π_θ (MiniMax-M1, eq. 4–5). Unlike PPO no token
+    ℓ = −sg(clip(ρ, 1 − ε_low, 1 + ε_high))·A·log π_θ (MiniMax-M1). Unlike PPO no token
     loses its gradient: clipping only bounds the weight. The paper imposes no lower bound
     (``eps_low=None``, the default) and tunes the upper one; the default ε_high = 4.0 is the weight
     cap 5.0 that TRL recommends (TRL's ``epsilon_high`` is the cap itself, ours is 1 + ε_high).
@@ -141,5 +142,4 @@ def cispo(
     low = ratio < lo
     high = ratio > 1.0 + eps_high
     loss = -weight * advantages * logprobs
-    dt = logprobs.dtype
-    return loss, {"clipfrac": (low | high).to(dt), "clipfrac_low": low.to(dt), "clipfrac_high": high.to(dt)}
+    return loss, {"clipfrac": low | high, "clipfrac_low": low, "clipfrac_high": high}

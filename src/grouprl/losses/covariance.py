@@ -45,9 +45,14 @@ def _rank(keys: Tensor, descending: bool) -> Tensor:
     return rank.view(keys.shape)
 
 
+def _wide(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _budget(mask: Tensor, ratio: float) -> Tensor:
-    """k = max(1, ⌊ratio · #valid tokens⌋) as a 0-d tensor (verl's count, without .item())."""
-    return torch.floor(mask.sum().to(torch.float64) * ratio).clamp_min(1.0)
+    """k = max(1, ⌊ratio · #valid tokens⌋) as a 0-d tensor (verl's count, without a Tensor.item sync)."""
+    return torch.floor(mask.sum().to(_wide(mask.device)) * ratio).clamp_min(1.0)
 
 
 def _generator(device: torch.device, generator: torch.Generator | None, seed: int | None):
@@ -85,7 +90,7 @@ def clip_cov_select(
         clipped = ((adv < 0) & (ratio < 1.0 - el)) | ((adv > 0) & (ratio > 1.0 + eh))
         cand = m & ~clipped & (cov > clip_cov_lb) & (cov < clip_cov_ub)
         gen = _generator(logprobs.device, generator, seed)
-        u = torch.rand(m.shape, generator=gen, device=logprobs.device, dtype=torch.float64)
+        u = torch.rand(m.shape, generator=gen, device=logprobs.device, dtype=_wide(logprobs.device))
         keys = torch.where(cand, u, torch.full_like(u, 2.0))
         return cand & (_rank(keys, descending=False) < _budget(m, clip_cov_ratio))
 
@@ -141,7 +146,7 @@ def clip_cov(
     """Clip-Cov: the PPO clipped loss, with the selected high-covariance tokens detached.
 
     ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high)) on every token, and ℓ = 0 (no gradient) on the
-    ``clip_cov_select`` tokens (paper eq. 9; verl defaults ratio 2e-4, bounds (1, 5)). Pass
+    ``clip_cov_select`` tokens (verl defaults ratio 2e-4, bounds (1, 5)). Pass
     ``selected`` (computed on the full batch) for micro-batch invariance. Extra metric ``covfrac``:
     the fraction of valid tokens selected.
     """
@@ -155,7 +160,7 @@ def clip_cov(
         )
     sel = _check_selected(selected, mask)
     loss = torch.where(sel, torch.zeros((), dtype=loss.dtype, device=loss.device), loss)
-    metrics["covfrac"] = sel.to(loss.dtype)
+    metrics["covfrac"] = sel
     return loss, metrics
 
 
@@ -182,7 +187,7 @@ def kl_cov(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """KL-Cov: the unclipped surrogate plus a |log ratio| penalty on the top-covariance tokens.
 
-    ℓ = −A·ρ + β·|log ρ|·[token selected] (paper eq. 10), β = ``ppo_kl_coef`` (verl 0.1), selection
+    ℓ = −A·ρ + β·|log ρ|·[token selected], β = ``ppo_kl_coef`` (verl 0.1), selection
     by ``kl_cov_select`` (top ``kl_cov_ratio`` of the valid tokens by covariance). No clipping.
     Pass ``selected`` (computed on the full batch) for micro-batch invariance. Extra metric
     ``covfrac``: the fraction of valid tokens selected.
@@ -193,4 +198,4 @@ def kl_cov(
         selected = kl_cov_select(logprobs, advantages, mask, kl_cov_ratio=kl_cov_ratio)
     sel = _check_selected(selected, mask)
     loss = loss + torch.where(sel, ppo_kl_coef * lr.abs(), torch.zeros((), dtype=loss.dtype, device=loss.device))
-    return loss, {"covfrac": sel.to(loss.dtype)}
+    return loss, {"covfrac": sel}

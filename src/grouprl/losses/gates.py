@@ -17,7 +17,7 @@ _L = math.log
 
 @register_loss(
     "sapo",
-    paper="SAPO: Soft Adaptive Policy Optimization (Qwen team, 2025)",
+    paper="Soft Adaptive Policy Optimization (SAPO), arXiv:2511.20347",
     agg="seq-mean-token-mean",
     example={
         "logprobs": [[_L(1.5), 0.0], [_L(0.5), 0.0]],
@@ -82,8 +82,8 @@ def gmpo(
     Per token, the log-ratio is clipped sign-aware: for A > 0 at most ε_high, for A < 0 at least
     −ε_low (the bound that would reward a larger step); the sequence ratio is
     R_i = exp((1/|o_i|) Σ_t clipped log ρ_{i,t}) = (Π_t ρ̂_{i,t})^{1/|o_i|} and
-    ℓ_i = −Ā_i·R_i with Ā_i the row's mean advantage (paper eq. 4; the same as verl's
-    ``geo_mean``). Paper default ε = 0.4 on the log scale, i.e. ratios in (e^{−0.4}, e^{0.4}).
+    ℓ_i = −Ā_i·R_i with Ā_i the row's mean advantage (as verl's ``geo_mean``). Paper default
+    ε = 0.4 on the log scale, i.e. ratios in (e^{−0.4}, e^{0.4}).
 
     Sequence-level: ``policy_loss`` averages ℓ_i over the rows with at least one valid token
     (global ``num_seqs``), whatever ``agg`` — verl's geo_mean ignores loss_agg_mode too (it takes
@@ -99,9 +99,4 @@ def gmpo(
     seq_adv = (advantages * mask).sum(dim=1) / lengths
     low = (advantages < 0) & (x < -el)
     high = (advantages > 0) & (x > eh)
-    dt = x.dtype
-    return -seq_adv * seq_ratio, {
-        "clipfrac": (low | high).to(dt),
-        "clipfrac_low": low.to(dt),
-        "clipfrac_high": high.to(dt),
-    }
+    return -seq_adv * seq_ratio, {"clipfrac": low | high, "clipfrac_low": low, "clipfrac_high": high}

@@ -2,14 +2,16 @@
 
 With d = log π_θ − log π_ref on a sampled token (so the sample comes from π_θ):
 
-| kind                  | value                                   | unbiased for KL(π_θ‖π_ref)? |
-|-----------------------|-----------------------------------------|------------------------------|
-| ``k1`` (``kl``)       | d                                       | yes, high variance, can be < 0 |
-| ``abs``               | |d|                                     | no                           |
-| ``k2`` (``mse``)      | ½·d²                                    | no (low bias for small d)    |
-| ``k3`` (``low_var_kl``)| e^{−d} + d − 1, with −d clamped to [−20, 20] and the result to [−10, 10] | yes, ≥ 0 |
+| kind                    | value           | unbiased for KL(π_θ‖π_ref)?     |
+|-------------------------|-----------------|---------------------------------|
+| ``k1`` (``kl``)         | d               | yes; high variance, can be < 0  |
+| ``abs``                 | abs(d)          | no                              |
+| ``k2`` (``mse``)        | ½·d²            | no (small bias for small d)     |
+| ``k3`` (``low_var_kl``) | e^{−d} + d − 1  | yes; always ≥ 0                 |
 
-``k3`` is the estimator of the GRPO paper (DeepSeekMath, arXiv:2402.03300, eq. 4), with verl's clamps.
+k3 clamps −d to [−20, 20] and the result to [−10, 10], as verl.
+
+``k3`` is the estimator of the GRPO paper (DeepSeekMath, arXiv:2402.03300), with verl's clamps.
 A trailing ``+`` (``"k1+"``, ``"k3+"``, ``"abs+"``, ...) is the straight-through variant of verl
 0.9.1: the forward value of the named estimator, the gradient of k2 (∂/∂ log π_θ = d), which is the
 gradient of the true KL for on-policy samples while k1/k3 give biased gradients.

@@ -6,15 +6,15 @@ A registered loss is a pure function
 
 on (B, T) tensors (``logprobs`` carries the gradient, the others are constants, ``mask`` bool).
 It returns the per-token loss (B, T) — or, for ``level="sequence"`` losses, one loss per row (B,) —
-and a dict of metric maps: a (B, T) map is averaged over the valid tokens, a (B,) map over the
-valid rows, a 0-d tensor is passed through. ``policy_loss`` validates and sanitises the inputs
+and a dict of metric maps (bool indicators or floats): a (B, T) map is averaged over the valid
+tokens, a (B,) map over the valid rows, a 0-d tensor is passed through. ``policy_loss`` validates and sanitises the inputs
 (masked positions are replaced by harmless values, so padding that holds −inf or NaN cannot leak
 into the loss or its gradient), multiplies by rollout IS weights, aggregates with the GLOBAL
 normalisers it is given, and adds the KL and entropy terms.
 
 All metrics are 0-d detached tensors normalised by the same global counts as the loss, so the
 metrics of the micro-batches of one mini-batch SUM to the full-batch metric. Nothing calls
-``.item()``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
+``Tensor.item``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
 """
 
 from __future__ import annotations
@@ -101,11 +101,21 @@ def register_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+_OWN_KEYWORDS = (
+    "agg", "num_tokens", "num_seqs", "norm_const", "ref_logprobs", "kl_coef", "kl_type", "entropy",
+    "entropy_coef", "rollout_is_weights", "dp_size", "respect_agg", "validate",
+)
+
+
 def _check_hparams(info: LossInfo, hparams: dict[str, Any]) -> None:
     for k in hparams:
         if k not in info.defaults:
-            hint = suggest(k, info.defaults) if info.defaults else "it takes no hyperparameters"
-            raise TypeError(f"policy loss {info.name!r} got an unknown hyperparameter {k!r}: {hint}")
+            close = suggest(k, [*info.defaults, *_OWN_KEYWORDS])
+            if not close.startswith("did you mean"):
+                close = (
+                    "it takes " + ", ".join(sorted(info.defaults)) if info.defaults else "it takes no hyperparameters"
+                )
+            raise TypeError(f"policy loss {info.name!r} got an unknown hyperparameter {k!r}: {close}")
 
 
 def _as_float(x: Any, like: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -177,6 +187,7 @@ def policy_loss(
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     rollout_is_weights: Tensor | None = None,
+    dp_size: int = 1,
     respect_agg: bool = False,
     validate: bool = True,
     **hparams: Any,
@@ -194,8 +205,11 @@ def policy_loss(
       (``None``: the padded width T, with a warning).
     - A loss registered with its own ``agg`` (``sapo``, ``gspo``) uses it for the policy-gradient
       term unless ``respect_agg=True``; the KL and entropy terms always use ``agg``. A
-      sequence-level loss (``gmpo``) is a mean over valid rows; its IS weight is the row's mean
-      weight.
+      sequence-level loss (``gmpo``) is a mean over valid rows; its IS weight is the geometric
+      mean of the row's token weights, as verl.
+    - ``dp_size``: the number of data-parallel ranks; multiplies the returned loss (not the
+      metrics), see ``aggregate``. ``kl_coef``/``entropy_coef`` may be 0-d tensors (adaptive
+      controllers) without a host sync.
     - ``**hparams`` go to the loss (unknown ones: TypeError with close matches).
 
     Metrics (0-d, detached): ``pg_loss``, ``clipfrac``, ``clipfrac_low``, ``clipfrac_high``,
@@ -208,7 +222,7 @@ def policy_loss(
     check_agg(agg)
     lp, old, adv, m, zero = _prepare(logprobs, old_logprobs, advantages, mask, validate)
     if agg == "seq-mean-token-sum-norm" or info.agg == "seq-mean-token-sum-norm":
-        norm_const = _norm_const(norm_const, m, lp)  # warns once here if None
+        norm_const = _norm_const(norm_const, m)  # warns once, here, if None
     norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
 
     out, raw_metrics = info.fn(lp, old, adv, m, **hparams)
@@ -216,8 +230,9 @@ def policy_loss(
         w = torch.where(m, _as_float(rollout_is_weights, lp, "rollout_is_weights", tuple(lp.shape)), zero)
         if out.dim() == 2:
             out = out * w.detach()
-        else:
-            out = out * (w.sum(dim=1) / m.sum(dim=1).clamp_min(1)).detach()
+        else:  # one weight per row: the geometric mean of its token weights (verl's geo_mean)
+            log_w = torch.where(m, torch.log(w.clamp_min(1e-10)), zero)
+            out = out * torch.exp(log_w.sum(dim=1) / m.sum(dim=1).clamp_min(1)).detach()
     pg_agg = info.agg if (info.agg is not None and not respect_agg) else agg
     pg_loss = aggregate(out, m, pg_agg, **norms)
     loss = pg_loss
@@ -226,21 +241,16 @@ def policy_loss(
     for k in STANDARD_METRICS:
         metrics[k] = zero.detach()
     for k, v in raw_metrics.items():
-        v = v.detach()
-        if v.dim() == 2:
-            v = aggregate(v.to(lp.dtype), m, "token-mean", num_tokens=num_tokens)
-        elif v.dim() == 1:
-            v = aggregate(v.to(lp.dtype), m, "token-mean", num_seqs=num_seqs)
-        metrics[k] = v
+        metrics[k] = _reduce_metric(v.detach(), m, num_tokens, num_seqs, lp.dtype)
     metrics["ppo_kl"] = aggregate((old - lp).detach(), m, "token-mean", num_tokens=num_tokens)
 
     if ref_logprobs is not None:
         ref = torch.where(m, _as_float(ref_logprobs, lp, "ref_logprobs", tuple(lp.shape)), zero)
         kl = aggregate(kl_penalty(lp, ref, kl_type), m, agg, **norms)
         metrics["kl"] = kl.detach()
-        if kl_coef:
+        if _active(kl_coef):
             loss = loss + kl_coef * kl
-    elif kl_coef:
+    elif _active(kl_coef):
         raise ValueError(f"kl_coef={kl_coef} needs ref_logprobs (the reference policy's log-probs, (B, T)).")
 
     if entropy is not None:
@@ -248,11 +258,31 @@ def policy_loss(
             raise ValueError(f"entropy has shape {tuple(entropy.shape)}, expected {tuple(lp.shape)}")
         ent = aggregate(torch.where(m, entropy.to(lp.dtype), zero), m, agg, **norms)
         metrics["entropy"] = ent.detach()
-        if entropy_coef:
+        if _active(entropy_coef):
             loss = loss - entropy_coef * ent
-    elif entropy_coef:
+    elif _active(entropy_coef):
         raise ValueError(f"entropy_coef={entropy_coef} needs entropy (per-token entropies, (B, T)).")
+    if dp_size != 1:
+        loss = loss * dp_size
     return loss, metrics
+
+
+def _reduce_metric(v: Tensor, m: Tensor, num_tokens, num_seqs, dtype: torch.dtype) -> Tensor:
+    """A metric map -> 0-d: token maps over ``num_tokens``, row maps over ``num_seqs``."""
+    if v.dim() == 0:
+        return v
+    if v.dtype != torch.bool:
+        return aggregate(v.to(dtype), m, "token-mean", num_tokens=num_tokens, num_seqs=num_seqs)
+    # an indicator: an integer count of the valid hits, no float copy of the map
+    valid = m if v.dim() == 2 else m.any(dim=1)
+    given = num_tokens if v.dim() == 2 else num_seqs
+    n = valid.sum() if given is None else torch.as_tensor(given, device=m.device)
+    return (v & valid).sum().to(dtype) / n.to(dtype).clamp_min(1.0)
+
+
+def _active(coef: float | Tensor) -> bool:
+    """A coefficient is on if it is a non-zero number or any tensor (no host sync on tensors)."""
+    return isinstance(coef, Tensor) or coef != 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,9 +298,10 @@ def example_inputs(name: str, dtype: torch.dtype = torch.float64) -> dict[str, A
         "old_logprobs": torch.tensor(ex["old_logprobs"], dtype=dtype),
         "advantages": torch.tensor(ex["advantages"], dtype=dtype),
     }
-    out["mask"] = (
-        torch.tensor(ex["mask"], dtype=torch.bool) if "mask" in ex else torch.ones_like(out["old_logprobs"], dtype=torch.bool)
-    )
+    if "mask" in ex:
+        out["mask"] = torch.tensor(ex["mask"], dtype=torch.bool)
+    else:
+        out["mask"] = torch.ones_like(out["old_logprobs"], dtype=torch.bool)
     out["kwargs"] = dict(ex.get("kwargs", {}))
     return out
 

@@ -21,7 +21,9 @@ __all__ = ["gpg", "dro"]
         "kwargs": {},
     },
 )
-def gpg(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def gpg(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
     """GPG: the plain policy-gradient surrogate, no ratio and no clip.
 
     ℓ = −A·log π_θ, so ∂ℓ/∂log π_θ = −A. GPG's other change — the advantage rescaled by
@@ -52,11 +54,14 @@ def dro(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DRO (Direct Reward Optimization): policy gradient with a squared log-ratio regulariser.
 
-    ℓ = −(A·log π_θ − ½·β·(log π_θ − log π_old)²), the per-token form of verl's ``dro`` loss
-    (the paper's regulariser τ/2·(log π/π_ref)², with the behaviour policy as the anchor).
-    ``beta`` has no default, as in verl (``dro_beta`` must be set > 0).
+    ℓ = −(A·log π_θ − ½·β·(log π_θ − log π_old)²), as verl's ``dro`` policy loss: the
+    policy-gradient term plus a squared log-ratio penalty that keeps π_θ near the sampling policy.
+    The paper's full offline objective (a squared regression loss with a learned value function)
+    is not implemented here. ``beta`` has no default, as in verl (``dro_beta`` must be set > 0).
     """
     if beta is None or beta <= 0:
-        raise ValueError(f"dro needs beta > 0 (the strength of the squared log-ratio penalty, e.g. beta=0.1); got beta={beta}")
+        raise ValueError(
+            f"dro needs beta > 0 (the strength of the squared log-ratio penalty, e.g. beta=0.1); got beta={beta}"
+        )
     d = logprobs - old_logprobs
     return -(advantages * logprobs - 0.5 * beta * d.square()), {}

@@ -21,6 +21,7 @@ def value_loss(
     num_tokens: Number | None = None,
     num_seqs: Number | None = None,
     norm_const: Number | None = None,
+    dp_size: int = 1,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss: ½·agg(max((V − R)², (clip(V, V_old − c, V_old + c) − R)²)), as verl.
 
@@ -47,7 +48,7 @@ def value_loss(
         err_clip = (v_clip - ret).square()
         per_token = torch.maximum(err, err_clip)
         clipped = m & (err_clip > err)
-    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
+    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const, dp_size=dp_size)
     loss = 0.5 * aggregate(per_token, m, agg, **norms)
     metrics = {
         "vf_loss": loss.detach(),
