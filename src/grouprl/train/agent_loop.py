@@ -38,8 +38,7 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng
 from .config import ConfigError, TrainConfig
 from .data import step_generator
 from .logging import JsonlWriter, TensorBoard, truncate_after
-from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, update_policy
-from .sft import lr_at
+from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, begin_step, update_policy
 
 __all__ = ["train_agent", "agent_batch_to_rollouts", "EVAL_SEED0", "SFT_SEED0"]
 
@@ -170,11 +169,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
     for step in range(start_step, cfg.steps):
         times: dict[str, float] = {}
-        torch.manual_seed(step_generator(cfg.seed, step, 0).initial_seed())
-        lr = lr_at(step, base=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule,
-                   min_ratio=cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = begin_step(cfg, optimizer, step)
 
         # ---- 1. rollout: prompts_per_step seeds x group_size episodes, lock-step
         t0 = time.perf_counter()

@@ -18,10 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..rollout import left_pad, pad_right, response_logprobs
 from ..rollout.multiturn import build_prompt
-from .sft import lr_at
-from .data import step_generator
+from .sft import sft_on_tokens
 
 __all__ = ["EXPERTS", "expert_turns", "agent_sft"]
 
@@ -88,23 +86,5 @@ def agent_sft(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompts = [bos + tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
     answers = [tokenizer.encode(a, add_special_tokens=False) + [tokenizer.eos_token_id] for _, a in pairs]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    model.train()
-    history = []
-    for step in range(steps):
-        idx = torch.randint(len(pairs), (batch_size,), generator=step_generator(seed, step, 12)).tolist()
-        p_ids, p_mask = left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
-        T = max(len(answers[i]) for i in idx)
-        r_ids = torch.stack([pad_right(torch.tensor(answers[i]), T, tokenizer.pad_token_id) for i in idx])
-        r_mask = torch.stack([torch.arange(T) < len(answers[i]) for i in idx])
-        cur = lr_at(step, base=lr, total=steps, warmup=warmup_steps, schedule="cosine", min_ratio=0.1)
-        for group in opt.param_groups:
-            group["lr"] = cur
-        logp, _ = response_logprobs(model, p_ids, p_mask, r_ids, r_mask)
-        loss = -(logp * r_mask).sum() / r_mask.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append({"step": step, "loss": loss.item(), "lr": cur})
-    return history
+    return sft_on_tokens(model, tokenizer, prompts, answers, steps=steps, batch_size=batch_size, lr=lr,
+                         warmup_steps=warmup_steps, seed=seed, stream=12)

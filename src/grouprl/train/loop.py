@@ -171,6 +171,17 @@ def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(rows.split(size))
 
 
+def begin_step(cfg: TrainConfig, optimizer: torch.optim.Optimizer, step: int) -> float:
+    """Seed torch's global RNG from (seed, step) (for anything not given a generator) and set the
+    step's learning rate; returns it."""
+    torch.manual_seed(step_generator(cfg.seed, step, 0).initial_seed())
+    lr = lr_at(step, base=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule,
+               min_ratio=cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def update_policy(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -322,11 +333,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
 
     for step in range(start_step, cfg.steps):
         times: dict[str, float] = {}
-        torch.manual_seed(step_generator(cfg.seed, step, 0).initial_seed())  # anything not given a generator
-        lr = lr_at(step, base=cfg.lr, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule,
-                   min_ratio=cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = begin_step(cfg, optimizer, step)
 
         # ---- 1. rollout: the sampler picks prompts; G samples each; the guard scores them
         t0 = time.perf_counter()

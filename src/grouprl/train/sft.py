@@ -16,7 +16,7 @@ import torch
 from ..rollout import left_pad, pad_right, response_logprobs
 from .data import encode_answers, encode_prompts, step_generator
 
-__all__ = ["sft", "lr_at"]
+__all__ = ["sft", "sft_on_tokens", "lr_at"]
 
 
 def lr_at(step: int, *, base: float, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -47,12 +47,32 @@ def sft(
         raise ValueError(f"sft: task {getattr(task, 'name', task)!r} has an empty train pool.")
     prompts = encode_prompts(tokenizer, [e.prompt for e in pool])
     answers = encode_answers(tokenizer, [task.reference(e) for e in pool])
+    return sft_on_tokens(model, tokenizer, prompts, answers, steps=steps, batch_size=batch_size, lr=lr,
+                         warmup_steps=warmup_steps, seed=seed, stream=11, on_step=on_step)
+
+
+def sft_on_tokens(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    answers: list[list[int]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    seed: int,
+    stream: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """The SFT loop on token ids: cross-entropy of ``answers[i]`` given ``prompts[i]`` (answer tokens
+    only), batches drawn uniformly with the (seed, step, stream) generator, AdamW, warmup + cosine."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     model.train()
     history = []
     for step in range(steps):
-        g = step_generator(seed, step, 11)
-        idx = torch.randint(len(pool), (batch_size,), generator=g).tolist()
+        g = step_generator(seed, step, stream)
+        idx = torch.randint(len(prompts), (batch_size,), generator=g).tolist()
         p_ids, p_mask = left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
         T = max(len(answers[i]) for i in idx)
         r_ids = torch.stack([pad_right(torch.tensor(answers[i]), T, tokenizer.pad_token_id) for i in idx])
