@@ -220,3 +220,28 @@ def test_custom_task_subclass():
     t = Echo()
     assert t.score(t.train_pool[0], "a\n") == 1.0 and t.max_answer_chars == 1
     assert "Echo(name='echo'" in repr(t)
+
+
+@pytest.mark.parametrize("name", ["add2r", "sub3r", "mul2r"])
+def test_reversed_tasks_write_the_answer_least_significant_digit_first(name):
+    task, plain = get_task(name, seed=3), get_task(name[:-1], seed=3)
+    assert task.name == name and task.data_groups == [name]
+    # same prompts and split as the plain task; only the answer text is reversed
+    assert prompts(task.eval_examples) == prompts(plain.eval_examples)
+    assert prompts(task.train_pool[:100]) == prompts(plain.train_pool[:100])
+    for e, p in zip(task.train_pool[:100], plain.train_pool[:100]):
+        assert e.answer == p.answer[::-1] and task.score(e, e.answer) == 1.0
+        if p.answer != p.answer[::-1]:
+            assert task.score(e, p.answer) == 0.0  # the plain-order answer is wrong here
+    e = next(x for x in get_task("add2r").train_pool if x.prompt == "23+49=")
+    assert e.answer == "27"
+
+
+def test_task_kwargs_reach_the_task_and_bad_ones_are_config_errors():
+    from grouprl.train import ConfigError, build_config
+    from grouprl.train.loop import load_task
+
+    t = load_task(build_config({"task": "add3r", "task_kwargs": {"train_size": 1234}}))
+    assert len(t.train_pool) == 1234 and t.name == "add3r"
+    with pytest.raises(ConfigError, match="task_kwargs .*train_sise"):
+        load_task(build_config({"task": "add2", "task_kwargs": {"train_sise": 5}}))

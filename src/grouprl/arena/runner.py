@@ -23,7 +23,6 @@ cells run again only with ``retry_failed=True``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -54,9 +53,8 @@ def ensure_warm_start(config: dict[str, Any], warm_root: str | Path) -> str | No
     the directory appears by an atomic rename, so a killed build leaves no half checkpoint."""
     import fcntl
 
-    from ..tasks import get_task
     from ..train.config import build_config
-    from ..train.loop import load_initial_model
+    from ..train.loop import load_initial_model, load_task
 
     key = warm_key(config)
     if key is None:
@@ -72,7 +70,7 @@ def ensure_warm_start(config: dict[str, Any], warm_root: str | Path) -> str | No
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
                 cfg = build_config(config)
-                load_initial_model(cfg, get_task(cfg.task, seed=cfg.seed), tmp)
+                load_initial_model(cfg, load_task(cfg), tmp)
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
         finally:

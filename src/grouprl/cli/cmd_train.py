@@ -102,22 +102,21 @@ def sft(ctx: typer.Context) -> None:
     import torch
 
     from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
-    from ..tasks import get_task
     from ..train import ConfigError, load_config, parse_overrides
     from ..train.data import evaluate, step_generator
-    from ..train.loop import eval_subset, make_guard
+    from ..train.loop import eval_subset, load_task, make_guard
     from ..train.sft import sft as run_sft
 
     console = Console()
     try:
         special, rest = _split_special(list(ctx.args), ("out", "config"))
         cfg = load_config(special.get("config"), parse_overrides(rest))
+        task = load_task(cfg)
     except ConfigError as exc:
         _fail(console, exc)
         return
     out = Path(special.get("out") or Path(cfg.out_dir) / f"sft-{time.strftime('%Y%m%d-%H%M%S')}")
     torch.set_num_threads(cfg.threads)
-    task = get_task(cfg.task, seed=cfg.seed)
     from ..models import PRESETS
 
     if cfg.model in PRESETS:

@@ -6,7 +6,8 @@
     guard = RewardGuard.for_task(task)            # built-in verifiers run in-process
     rewards, failed = guard.score_batch(examples, completions)
 
-Task names: the arithmetic tasks ``add1..add3``, ``sub1..sub3``, ``mul1..mul3``; ``mixed``
+Task names: the arithmetic tasks ``add1..add3``, ``sub1..sub3``, ``mul1..mul3`` and their
+reversed-answer forms ``add1r..mul3r`` (least-significant digit first); ``mixed``
 (= ``mix:add1,add2,sub2,mul1``); any ``mix:<name>,<name>,...``; and ``rg:<dataset>`` for a
 reasoning-gym dataset (optional extra ``grouprl[gym]``).
 """
@@ -51,17 +52,18 @@ def register_task(name: str, factory: Callable[..., Task]) -> Callable[..., Task
     return TASKS.add(name, factory)
 
 
-def _arith(op: str, digits: int) -> Callable[..., Task]:
+def _arith(op: str, digits: int, reverse: bool = False) -> Callable[..., Task]:
     def make(seed: int = 0, **kw: Any) -> Task:
-        return Arithmetic(op, digits, seed=seed, **kw)
+        return Arithmetic(op, digits, seed=seed, reverse=reverse, **kw)
 
-    make.__doc__ = f"{op} with operands of up to {digits} digit(s)"
+    make.__doc__ = f"{op} with operands of up to {digits} digit(s)" + (", answer digits reversed" if reverse else "")
     return make
 
 
 for _op in OPS:
     for _d in (1, 2, 3):
         register_task(f"{_op}{_d}", _arith(_op, _d))
+        register_task(f"{_op}{_d}r", _arith(_op, _d, reverse=True))
 register_task("mixed", lambda seed=0, **kw: _mix(list(MIXED_DEFAULT), seed, name="mixed", **kw))
 
 

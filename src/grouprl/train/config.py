@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     )
     # task and model
     task: str = Field("add2", description="task name (grouprl.tasks.get_task)")
+    task_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="task constructor arguments, e.g. train_size (arithmetic) or size (rg:)"
+    )
     model: str = Field("1M", description="model preset (1M, 5M, 20M) or a local HF checkpoint dir")
     init: str | None = Field(None, description="start RL from this checkpoint dir (e.g. an SFT run's output)")
     # warm start (SFT on the task's reference answers), run before RL when init is unset

@@ -47,7 +47,7 @@ from .reports import format_group_table, group_report, ranking_report, sampler_c
 from .sampler import get_sampler, load_sampler_state, sampler_state
 from .sft import lr_at, sft
 
-__all__ = ["train", "prepare_run_dir", "load_initial_model"]
+__all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task"]
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -127,6 +127,16 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
             console.print(f"SFT: {cfg.sft_steps} steps, final loss {hist[-1]['loss']:.3f}, "
                           f"{time.perf_counter() - t0:.0f}s -> {sft_dir}")
     return load_pretrained(str(sft_dir))
+
+
+def load_task(cfg: TrainConfig) -> Any:
+    """The task named by ``cfg.task``, built with ``cfg.task_kwargs``; a bad argument is a ConfigError."""
+    from ..tasks import get_task
+
+    try:
+        return get_task(cfg.task, seed=cfg.seed, **cfg.task_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"task_kwargs {cfg.task_kwargs} do not fit task {cfg.task!r}: {exc}") from None
 
 
 def load_reward_fn(spec: str):
@@ -258,7 +268,6 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         from .agent_loop import train_agent
         return train_agent(cfg, resume=resume, console=console)
     from ..losses import normalizers
-    from ..tasks import get_task
 
     torch.set_num_threads(cfg.threads)
     # CPU kernels are deterministic at a fixed thread count; use_deterministic_algorithms(True) would
@@ -268,7 +277,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     ckpt_root = run_dir / "checkpoints"
 
     # -- task, verifier guard, model, reference, optimizer, sampler
-    task = get_task(cfg.task, seed=cfg.seed)
+    task = load_task(cfg)
     pool = list(task.train_pool)
     eval_set = eval_subset(task, cfg.eval_size)
     guard = make_guard(cfg, task)
