@@ -29,7 +29,7 @@ import torch
 
 
 def grouprl_step_times(a: argparse.Namespace, tmp: str) -> list[float]:
-    from grouprl.train import build_config, train
+    from grouprl.train import build_config, parse_overrides as build_overrides, train
     from grouprl.train.logging import read_jsonl
 
     cfg = build_config(
@@ -39,14 +39,37 @@ def grouprl_step_times(a: argparse.Namespace, tmp: str) -> list[float]:
             "micro_batch_size": a.prompts * a.group, "steps": a.steps, "sft_steps": 0,
             "eval_every": 0, "eval_size": 1, "pass_k_size": 0, "threads": a.threads,
             "progress": False, "tensorboard": False, "save_every": 10**6,
+            **build_overrides(a.grouprl),
         }
     )
-    train(cfg)
+    from grouprl.train import loop
+
+    stamps: list[float] = []
+    update = loop._Progress.update
+
+    def stamped(self, row, ev):  # called once at the end of every loop iteration
+        stamps.append(time.perf_counter())
+        return update(self, row, ev)
+
+    loop._Progress.update = stamped
+    try:
+        train(cfg)
+    finally:
+        loop._Progress.update = update
     rows = read_jsonl(Path(tmp) / "grouprl" / "metrics.jsonl")
-    return [r["time/step"] for r in rows]
+    # wall time of whole loop iterations (rollout to the end of logging) from the second on; the
+    # first iteration's start is not observable here, so it is reported by its phase sum
+    walls = [rows[0]["time/step"]] + [b - a for a, b in zip(stamps, stamps[1:])]
+    return walls, [r["time/step"] for r in rows]
 
 
-def trl_step_times(a: argparse.Namespace, tmp: str) -> list[float]:
+#: TRL settings of the two TRL runs. ``matched`` does the same work per step as grouprl: fp32
+#: forwards (GRPOConfig turns bf16 autocast on by default, also on a CPU) and no activation
+#: checkpointing (on by default in GRPOConfig: one more forward inside the backward).
+TRL_CONFIGS = {"matched": {"bf16": False, "gradient_checkpointing": False}, "defaults": {}}
+
+
+def trl_step_times(a: argparse.Namespace, tmp: str, extra: dict | None = None) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -77,7 +100,7 @@ def trl_step_times(a: argparse.Namespace, tmp: str) -> list[float]:
         output_dir=os.path.join(tmp, "trl"), per_device_train_batch_size=a.prompts * a.group,
         num_generations=a.group, max_completion_length=a.max_new_tokens, max_steps=a.steps,
         learning_rate=1e-4, temperature=1.0, use_cpu=True, report_to=[], logging_steps=10**6,
-        save_strategy="no", dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        save_strategy="no", dataloader_num_workers=0, seed=0, disable_tqdm=True, **(extra or {}),
     )
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward, args=args, processing_class=tok, callbacks=[timer],
@@ -96,29 +119,39 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=6)
+    ap.add_argument("--trl", nargs="+", default=list(TRL_CONFIGS), choices=list(TRL_CONFIGS),
+                    help="which TRL runs (matched: fp32, no activation checkpointing; defaults: GRPOConfig's)")
+    ap.add_argument("--grouprl", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra grouprl config overrides (e.g. old_logprobs=recompute)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.steps < 2:
         ap.error("--steps must be >= 2 (the first step is a warm-up)")
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = grouprl_step_times(a, tmp)
-        theirs = trl_step_times(a, tmp)
-    g = statistics.median(ours[1:])
-    t = statistics.median(theirs[1:])
+        walls, phases = grouprl_step_times(a, tmp)
+        theirs = {name: trl_step_times(a, os.path.join(tmp, name), TRL_CONFIGS[name]) for name in a.trl}
+    g = statistics.median(walls[1:])
     out = {
         "model": a.model, "task": a.task, "rows_per_step": a.prompts * a.group,
         "max_new_tokens": a.max_new_tokens, "threads": a.threads, "timed_steps": a.steps - 1,
-        "grouprl_step_s": g, "trl_step_s": t, "trl_over_grouprl": t / g,
+        "grouprl_overrides": a.grouprl, "grouprl_step_s": g, "grouprl_phase_sum_s": statistics.median(phases[1:]),
+        "load_avg_1m": os.getloadavg()[0],
     }
+    for name, times in theirs.items():
+        out[f"trl_{name}_step_s"] = statistics.median(times[1:])
+        out[f"trl_{name}_over_grouprl"] = out[f"trl_{name}_step_s"] / g
     if a.json:
         print(json.dumps(out))
         return
     print(f"model {a.model}, task {a.task}, {out['rows_per_step']} rows/step, <= {a.max_new_tokens} new tokens, "
-          f"{a.threads} thread(s), median of {a.steps - 1} steps after a warm-up step")
-    print(f"grouprl trainer   {g:8.3f} s/step")
-    print(f"TRL GRPOTrainer   {t:8.3f} s/step")
-    print(f"TRL / grouprl     {t / g:8.2f}x  (target >= 2x)")
+          f"{a.threads} thread(s), median of {a.steps - 1} steps after a warm-up step, "
+          f"load average {out['load_avg_1m']:.2f} at the end")
+    print(f"grouprl trainer              {g:8.3f} s/step (whole loop iteration; phases alone "
+          f"{out['grouprl_phase_sum_s']:.3f})")
+    for name in theirs:
+        print(f"TRL GRPOTrainer ({name + ')':9} {out[f'trl_{name}_step_s']:8.3f} s/step   "
+              f"TRL / grouprl {out[f'trl_{name}_over_grouprl']:5.2f}x  (target >= 2x)")
 
 
 if __name__ == "__main__":
