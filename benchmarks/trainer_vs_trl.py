@@ -144,7 +144,8 @@ def grouprl_step_times(a: argparse.Namespace, tmp: str, spans: Spans | None = No
 TRL_CONFIGS = {"matched": {"bf16": False, "gradient_checkpointing": False}, "defaults": {}}
 
 
-def trl_step_times(a: argparse.Namespace, tmp: str, extra: dict | None = None, spans: Spans | None = None) -> list[float]:
+def trl_step_times(a: argparse.Namespace, tmp: str, extra: dict | None = None,
+                   spans: Spans | None = None) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -226,7 +227,8 @@ def main() -> None:
             walls, phases = grouprl_step_times(a, os.path.join(tmp, f"g{r}"))
             row = {"grouprl": statistics.median(walls[1:]), "grouprl_phases": statistics.median(phases[1:])}
             for name in a.trl:
-                row[f"trl_{name}"] = statistics.median(trl_step_times(a, os.path.join(tmp, f"{name}{r}"), TRL_CONFIGS[name])[1:])
+                times = trl_step_times(a, os.path.join(tmp, f"{name}{r}"), TRL_CONFIGS[name])
+                row[f"trl_{name}"] = statistics.median(times[1:])
             rounds.append(row)
             loads.append(os.getloadavg()[0])
         breakdown: dict[str, dict[str, float]] = {}

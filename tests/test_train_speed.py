@@ -104,7 +104,8 @@ def test_all_padding_columns_are_trimmed_without_changing_values():
         ids = torch.cat([gen.prompt_ids[rows], gen.response_ids[rows]], 1)
         attn = torch.cat([gen.prompt_mask[rows], gen.response_mask[rows]], 1)
         pos = (attn.long().cumsum(1) - 1).clamp(min=0)
-        ref = (model(input_ids=ids, attention_mask=attn.long(), position_ids=pos).logits[:, P - 1:-1] / 3.0).log_softmax(-1)
+        logits = model(input_ids=ids, attention_mask=attn.long(), position_ids=pos).logits
+        ref = (logits[:, P - 1:-1] / 3.0).log_softmax(-1)
     assert lp.shape == (len(rows), T) and ent.shape == (len(rows), T)
     m = gen.response_mask[rows]
     want = ref.gather(2, gen.response_ids[rows, :, None]).squeeze(2).masked_fill(~m, 0)
@@ -224,9 +225,9 @@ def test_every_estimator_that_reads_old_policy_fields_is_resolved_to_recompute()
         tree = ast.parse(inspect.getsource(inspect.getmodule(info.fn)))
         reads = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in fields
                  and isinstance(n.value, ast.Name) and n.value.id == "batch"}
-        reads |= {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                  and n.func.attr in ("get", "has") and n.args and isinstance(n.args[0], ast.Constant)
-                  and n.args[0].value in fields}
+        reads |= {n.args[0].value for n in ast.walk(tree)
+                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("get", "has")
+                  and n.args and isinstance(n.args[0], ast.Constant) and n.args[0].value in fields}
         if reads and not set(info.needs) & fields:
             assert name in OPTIONAL_OLD_POLICY_READERS, f"{name} reads {reads} without declaring it"
 

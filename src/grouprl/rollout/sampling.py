@@ -5,10 +5,10 @@ continuing from an arbitrary prefix is the same call) ``num_samples`` times:
 
 1. prompts are left-padded into one (N, P) batch with an attention mask and explicit position ids,
    so padding never shifts a row's positions;
-2. one prefill forward over the prompts (once per prompt, not per sample) fills the KV cache, which is then repeated for the
-   ``num_samples`` rows of each prompt; then one forward per new token on the rows that are still
-   running — a row stops at its EOS (or at ``max_new_tokens``, flagged ``truncated``) and is
-   dropped from the cache, so finished rows cost nothing afterwards;
+2. one prefill forward over the prompts (once per prompt, not per sample) fills the KV cache,
+   which is then repeated for the ``num_samples`` rows of each prompt; then one forward per new
+   token on the rows that are still running — a row stops at its EOS (or at ``max_new_tokens``,
+   flagged ``truncated``) and is dropped from the cache, so finished rows cost nothing afterwards;
 3. each token is drawn from softmax(logits / temperature), optionally truncated to the top-p
    nucleus, with ``torch.multinomial`` under a ``torch.Generator``: the same generator state gives
    the same tokens. ``greedy=True`` takes the argmax instead (evaluation).
@@ -246,7 +246,7 @@ def response_logprobs(
       exactly the gradient of the per-row forward), then the responses run against it. Used when
       at most half the rows have distinct prompts and the model allows it (a KV cache, no active
       dropout, no activation checkpointing); the result equals the per-row forward to fp32
-      rounding (tests/test_rollout.py).
+      rounding (tests/test_train_speed.py).
     """
     if response_ids.shape != response_mask.shape:
         raise ValueError(
@@ -259,7 +259,8 @@ def response_logprobs(
         return empty, (empty.clone() if return_entropy else None)
     # drop all-padding columns: leading prompt columns and trailing response columns
     p_cols = prompt_mask.any(dim=0)
-    p0 = int(p_cols.long().argmax()) if bool(p_cols.any()) else prompt_mask.shape[1]
+    p0 = int(p_cols.long().argmax()) if bool(p_cols.any()) else 0
+    p0 = min(p0, max(prompt_mask.shape[1] - 1, 0))  # keep one prompt column: it predicts the first token
     r_cols = response_mask.any(dim=0)
     t1 = T - int(r_cols.flip(0).long().argmax()) if bool(r_cols.any()) else 1
     p_ids, p_mask = prompt_ids[:, p0:], prompt_mask[:, p0:]

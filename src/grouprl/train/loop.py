@@ -287,8 +287,8 @@ def old_logprobs_source(cfg: TrainConfig) -> str:
     from ..advantages import registry
 
     terms = registry.parse(cfg.estimator).terms
-    reads_old = any(set(info.needs) & {"old_logprobs", "entropy", "ref_logprobs"} or info.name in OPTIONAL_OLD_POLICY_READERS
-                    for _w, info, _kw in terms)
+    old_fields = {"old_logprobs", "entropy", "ref_logprobs"}
+    reads_old = any(set(info.needs) & old_fields or info.name in OPTIONAL_OLD_POLICY_READERS for _w, info, _kw in terms)
     on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
     simple = cfg.credit == "none" and not cfg.ter and cfg.kl_coef == 0 and cfg.rollout_is == "none"
     return "update" if on_policy and simple and not reads_old else "recompute"
