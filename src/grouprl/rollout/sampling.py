@@ -5,9 +5,10 @@ continuing from an arbitrary prefix is the same call) ``num_samples`` times:
 
 1. prompts are left-padded into one (N, P) batch with an attention mask and explicit position ids,
    so padding never shifts a row's positions;
-2. one prefill forward fills the KV cache; then one forward per new token on the rows that are still
-   running — a row stops at its EOS (or at ``max_new_tokens``, flagged ``truncated``) and is
-   dropped from the cache, so finished rows cost nothing afterwards;
+2. one prefill forward over the prompts (once per prompt, not per sample) fills the KV cache,
+   which is then repeated for the ``num_samples`` rows of each prompt; then one forward per new
+   token on the rows that are still running — a row stops at its EOS (or at ``max_new_tokens``,
+   flagged ``truncated``) and is dropped from the cache, so finished rows cost nothing afterwards;
 3. each token is drawn from softmax(logits / temperature), optionally truncated to the top-p
    nucleus, with ``torch.multinomial`` under a ``torch.Generator``: the same generator state gives
    the same tokens. ``greedy=True`` takes the argmax instead (evaluation).
@@ -115,9 +116,8 @@ def sample(
     prompt_index = torch.as_tensor(prompt_index, dtype=torch.int64)
     if prompt_index.shape != (n_prompts,):
         raise ValueError(f"sample: prompt_index has shape {tuple(prompt_index.shape)}, expected ({n_prompts},).")
-    ids = ids.repeat_interleave(num_samples, dim=0).to(device)
-    mask = mask.repeat_interleave(num_samples, dim=0).to(device)
-    N = ids.shape[0]
+    ids, mask = ids.to(device), mask.to(device)
+    N = n_prompts * num_samples
 
     out_ids = torch.full((N, max_new_tokens), pad_id, dtype=torch.int64, device=device)
     out_lp = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device)
@@ -130,12 +130,17 @@ def sample(
     cache = DynamicCache()
     prefill_kw, step_kw = _prefill_kwargs(model, cache)
     active = torch.arange(N, device=device)  # rows still running, in cache order
-    attn = mask.long()
-    pos = _positions(mask)
+    # the prefill runs once per prompt; its KV cache and last logits are then repeated per sample
     logits = model(
-        input_ids=ids, attention_mask=attn, position_ids=pos, **prefill_kw
+        input_ids=ids, attention_mask=mask.long(), position_ids=_positions(mask), **prefill_kw
     ).logits[:, -1, :].float()
-    last_pos = pos[:, -1]
+    ids = ids.repeat_interleave(num_samples, dim=0)
+    mask = mask.repeat_interleave(num_samples, dim=0)
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)
+    attn = mask.long()
+    last_pos = _positions(mask)[:, -1]
     for t in range(max_new_tokens):
         if greedy:
             scaled = logits
@@ -191,6 +196,26 @@ def sample(
     )
 
 
+def _shared_prefix_ok(model: torch.nn.Module) -> bool:
+    """Whether the prompt forward may be shared by the rows that repeat a prompt: the model takes a
+    KV cache, nothing random runs in its forward (dropout in training mode would draw one mask per
+    prompt instead of one per row) and activation checkpointing (which drops the cache) is off."""
+    params = inspect.signature(type(model).forward).parameters
+    if "past_key_values" not in params and "cache" not in params:
+        return False
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        return False
+    if model.training:
+        if float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
+            return False
+        if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+            return False
+    return True
+
+
 def response_logprobs(
     model: torch.nn.Module,
     prompt_ids: Tensor,
@@ -200,30 +225,102 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    entropy_grad: bool = True,
+    share_prompts: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-probs (N, T) of ``response_ids`` given left-padded prompts, in one forward.
+    """Per-token log-probs (N, T) of ``response_ids`` given left-padded prompts, teacher-forced.
 
     Uses log softmax(logits / temperature), 0 on masked tokens; with ``return_entropy`` also the
-    entropy of each position's distribution. Gradients flow when called with grad enabled (the
-    policy update); wrap in ``torch.no_grad()`` for old/reference log-probs.
+    entropy of each position's distribution (differentiable unless ``entropy_grad=False``, which
+    computes it from detached logits: a metric that costs no backward). Gradients flow when called
+    with grad enabled (the policy update); wrap in ``torch.no_grad()`` for old/reference log-probs.
+
+    The same numbers as one forward over ``[prompt, response]``, computed with less work:
+
+    * columns that are padding in every row (leading prompt columns, trailing response columns)
+      are dropped, and the last response token (whose next-token logits nobody reads) is not fed;
+    * logits (and the log-softmax) are computed on the T response positions only;
+    * ``share_prompts``: rows that repeat a prompt (the G samples of a group) share one prompt
+      forward: the distinct prompts run once, filling a KV cache that is expanded to the rows
+      (a differentiable gather: the rows' gradients are summed into the shared prompt activations,
+      exactly the gradient of the per-row forward), then the responses run against it. Used when
+      at most half the rows have distinct prompts and the model allows it (a KV cache, no active
+      dropout, no activation checkpointing); the result equals the per-row forward to fp32
+      rounding (tests/test_train_speed.py).
     """
     if response_ids.shape != response_mask.shape:
         raise ValueError(
             f"response_logprobs: response_ids {tuple(response_ids.shape)} and response_mask "
             f"{tuple(response_mask.shape)} differ; pass the same (N, T) shape."
         )
-    P = prompt_ids.shape[1]
-    ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attn = torch.cat([prompt_mask, response_mask], dim=1)
-    pos = _positions(attn)
-    logits = model(input_ids=ids, attention_mask=attn.long(), position_ids=pos).logits
-    logits = logits[:, P - 1 : -1, :].float()
+    N, T = response_ids.shape
+    if T == 0:
+        empty = response_ids.new_zeros((N, 0), dtype=torch.float32)
+        return empty, (empty.clone() if return_entropy else None)
+    # drop all-padding columns: leading prompt columns and trailing response columns
+    p_cols = prompt_mask.any(dim=0)
+    p0 = int(p_cols.long().argmax()) if bool(p_cols.any()) else 0
+    p0 = min(p0, max(prompt_mask.shape[1] - 1, 0))  # keep one prompt column: it predicts the first token
+    r_cols = response_mask.any(dim=0)
+    t1 = T - int(r_cols.flip(0).long().argmax()) if bool(r_cols.any()) else 1
+    p_ids, p_mask = prompt_ids[:, p0:], prompt_mask[:, p0:]
+    r_ids, r_mask = response_ids[:, :t1], response_mask[:, :t1]
+    logits = _response_logits(model, p_ids, p_mask, r_ids, r_mask, share_prompts=share_prompts).float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(2, response_ids.unsqueeze(2)).squeeze(2)
-    logp = logp.masked_fill(~response_mask, 0.0)
+    logp = logp_all.gather(2, r_ids.unsqueeze(2)).squeeze(2).masked_fill(~r_mask, 0.0)
     ent = None
     if return_entropy:
-        ent = -(logp_all.exp() * logp_all).sum(dim=-1).masked_fill(~response_mask, 0.0)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            la = logp_all if entropy_grad else logp_all.detach()
+            ent = -(la.exp() * la).sum(dim=-1).masked_fill(~r_mask, 0.0)
+    if t1 < T:
+        logp = torch.nn.functional.pad(logp, (0, T - t1))
+        ent = None if ent is None else torch.nn.functional.pad(ent, (0, T - t1))
     return logp, ent
+
+
+def _response_logits(model: torch.nn.Module, p_ids: Tensor, p_mask: Tensor, r_ids: Tensor, r_mask: Tensor, *,
+                     share_prompts: bool) -> Tensor:
+    """Next-token logits (N, T, V) at the positions that predict ``r_ids`` (the last prompt token
+    and the response tokens but the last)."""
+    N, T = r_ids.shape
+    params = inspect.signature(type(model).forward).parameters
+    keep = {"logits_to_keep": T} if "logits_to_keep" in params else {}
+    if share_prompts and N > 1 and p_ids.shape[1] > 0 and _shared_prefix_ok(model):
+        key = torch.cat([p_ids.masked_fill(~p_mask, -1), p_mask.long()], dim=1)
+        uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+        if 2 * uniq.shape[0] <= N:
+            rep = torch.zeros(uniq.shape[0], dtype=torch.int64, device=inv.device).scatter_reduce_(
+                0, inv, torch.arange(N, device=inv.device), "amin", include_self=False)  # a row of each prompt
+            out = _shared_prompt_logits(model, p_ids[rep], p_mask[rep], inv, p_mask, r_ids, r_mask)
+            if out is not None:
+                return out
+    ids = torch.cat([p_ids, r_ids[:, :-1]], dim=1)
+    attn = torch.cat([p_mask, r_mask[:, :-1]], dim=1)
+    logits = model(input_ids=ids, attention_mask=attn.long(), position_ids=_positions(attn), **keep).logits
+    return logits[:, -T:, :]
+
+
+def _shared_prompt_logits(model: torch.nn.Module, u_ids: Tensor, u_mask: Tensor, inv: Tensor, p_mask: Tensor,
+                          r_ids: Tensor, r_mask: Tensor) -> Tensor | None:
+    """The shared-prompt forward of ``response_logprobs``; None when the model did not fill the
+    KV cache (the caller then runs the per-row forward)."""
+    from transformers import DynamicCache  # local import: floor-4 module, heavy dependency
+
+    P, T = u_ids.shape[1], r_ids.shape[1]
+    cache = DynamicCache()
+    prefill_kw, step_kw = _prefill_kwargs(model, cache)
+    first = model(input_ids=u_ids, attention_mask=u_mask.long(), position_ids=_positions(u_mask),
+                  **prefill_kw).logits[:, -1:, :]
+    if cache.get_seq_length() != P:
+        return None
+    first = first[inv]
+    if T == 1:
+        return first
+    cache.batch_select_indices(inv)
+    attn = torch.cat([p_mask, r_mask[:, :-1]], dim=1)
+    pos = _positions(attn)[:, P:]
+    rest = model(input_ids=r_ids[:, :-1], attention_mask=attn.long(), position_ids=pos, **step_kw).logits
+    return torch.cat([first, rest], dim=1)

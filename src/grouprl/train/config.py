@@ -66,11 +66,12 @@ class TrainConfig(BaseModel):
     credit: str = Field("none", description="token/segment credit hooks: none, hapo, spo_chain, spo_tree, critic, tppo (grouprl.train.credit)")
     credit_kwargs: dict[str, Any] = Field(default_factory=dict)
     norm_const: float | None = Field(None, description="constant for agg=seq-mean-token-sum-norm (default max_new_tokens)")
-    old_logprobs: Literal["recompute", "sampling"] = Field(
-        "recompute", description="old-policy log-probs: recomputed in a forward, or those recorded while sampling"
+    old_logprobs: Literal["auto", "recompute", "sampling"] = Field(
+        "auto", description="old-policy log-probs: auto (fully on-policy steps take the update forward's own, "
+        "detached, and skip a forward; else recompute), recomputed in a forward, or those recorded while sampling"
     )
     rollout_is: Literal["none", "token", "sequence"] = Field(
-        "none", description="truncated importance sampling of recomputed old vs sampling log-probs (needs old_logprobs=recompute)"
+        "none", description="truncated importance sampling of recomputed old vs sampling log-probs (needs old_logprobs=recompute or auto)"
     )
     rollout_is_cap: float = Field(2.0, gt=0, description="truncation C of the rollout_is weights")
     kl_coef: float = Field(0.0, ge=0, description="KL to the reference (initial) policy; 0 = no reference model")
@@ -189,9 +190,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
-        if self.rollout_is != "none" and self.old_logprobs != "recompute":
+        if self.rollout_is != "none" and self.old_logprobs == "sampling":
             raise ValueError(
-                f"rollout_is={self.rollout_is} needs old_logprobs=recompute (with old_logprobs=sampling the "
+                f"rollout_is={self.rollout_is} needs old_logprobs=recompute or auto (with old_logprobs=sampling the "
                 "weights are all 1); set old_logprobs=recompute or rollout_is=none"
             )
         if self.mini_batches > self.prompts_per_step * self.group_size:

@@ -5,8 +5,9 @@
     for each step:
         1. rollout     the sampler picks prompts; G responses each (KV-cached sampling), scored by
                        the RewardGuard (a failing verifier gives failure_reward, counted)
-        2. logprobs    old-policy log-probs (recomputed in one forward, or the sampling ones),
-                       reference log-probs when kl_coef > 0 (KL in the loss, or in the reward)
+        2. logprobs    old-policy log-probs (recomputed in one forward, the sampling ones, or, fully
+                       on-policy, the update forward's own: old_logprobs=auto), reference log-probs
+                       when kl_coef > 0 (KL in the loss, or in the reward)
         3. advantages  any registered estimator name or expression, on a grouprl.Rollouts batch
         4. update      ppo_epochs x mini-batches x micro-batches; the loss normalisers are computed
                        once per mini-batch so gradient accumulation is micro-batch invariant;
@@ -47,7 +48,7 @@ from .reports import format_group_table, group_report, ranking_report, sampler_c
 from .sampler import get_sampler, load_sampler_state, sampler_state
 from .sft import lr_at, sft
 
-__all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task"]
+__all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source"]
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -198,7 +199,7 @@ def update_policy(
     gen: Any,
     cfg: TrainConfig,
     *,
-    old_lp: torch.Tensor,
+    old_lp: torch.Tensor | None,
     adv: torch.Tensor,
     loss_mask: torch.Tensor,
     ref_lp: torch.Tensor | None,
@@ -209,15 +210,33 @@ def update_policy(
     entropy_coef: float | torch.Tensor | None = None,
     extra_loss_kwargs: Any = None,
     is_w: torch.Tensor | None = None,
+    record: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], list[float], int]:
     """The PPO-style update of one step: ``ppo_epochs`` x ``mini_batches`` optimizer steps, each over
     micro-batches whose losses use the mini-batch's global normalisers (so the gradient does not
     depend on ``micro_batch_size``). ``extra_loss_kwargs(mb, entropy)`` adds method-specific loss
-    arguments. Returns the summed loss metrics, the grad norms and the number of optimizer steps."""
+    arguments. Returns the summed loss metrics, the grad norms and the number of optimizer steps.
+
+    ``old_lp=None`` is the fully on-policy update (``old_logprobs=auto``, see
+    ``old_logprobs_source``): one epoch and one mini-batch, so every row is seen once, before the
+    only optimizer step, by the policy that sampled it; its old log-probs are the update forward's
+    own, detached (the ratio is exactly 1 and its gradient the policy gradient: no separate forward
+    is needed). Then ``record`` (a dict) receives the detached log-probs ``"logprobs"`` and the
+    token entropies ``"entropy"`` (N, T) of every row, for the step's metrics."""
     from ..losses import normalizers, policy_loss
 
+    on_policy = old_lp is None
+    if on_policy and (cfg.ppo_epochs != 1 or cfg.mini_batches != 1):
+        raise ValueError(
+            f"update_policy: old_lp=None (the update's own log-probs as the old ones) needs ppo_epochs=1 and "
+            f"mini_batches=1, got {cfg.ppo_epochs} and {cfg.mini_batches}; pass recomputed old log-probs."
+        )
     kl_in_loss = ref_lp is not None and not cfg.kl_in_reward
     entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
+    loss_entropy = cfg.entropy_coef != 0 or need_entropy  # the loss (or a hook) reads the entropy
+    if on_policy and record is not None:
+        record["logprobs"] = torch.zeros(gen.response_mask.shape, dtype=torch.float32, device=adv.device)
+        record["entropy"] = torch.zeros_like(record["logprobs"])
     loss_sums: dict[str, float] = {}
     grad_norms, n_updates = [], 0
     for _epoch in range(cfg.ppo_epochs):
@@ -229,10 +248,17 @@ def update_policy(
                 with amp():
                     lp, ent = response_logprobs(model, gen.prompt_ids[mb], gen.prompt_mask[mb], gen.response_ids[mb],
                                                 gen.response_mask[mb], temperature=cfg.temperature,
-                                                return_entropy=cfg.entropy_coef != 0 or need_entropy)
+                                                return_entropy=loss_entropy or (on_policy and record is not None),
+                                                entropy_grad=loss_entropy)
                 lp = lp.float()  # the loss in fp32 (a no-op: response_logprobs works on fp32 logits)
+                old_mb = lp.detach() if on_policy else old_lp[mb]
+                if on_policy and record is not None:
+                    record["logprobs"][mb] = old_mb
+                    record["entropy"][mb] = ent.detach().float()
+                if not loss_entropy:
+                    ent = None  # computed for the metrics only
                 loss, lm = policy_loss(
-                    cfg.loss, lp, old_lp[mb], adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
+                    cfg.loss, lp, old_mb, adv[mb], loss_mask[mb], agg=cfg.agg, norm_const=norm_const,
                     ref_logprobs=ref_lp[mb] if kl_in_loss else None, kl_coef=cfg.kl_coef if kl_in_loss else 0.0,
                     kl_type=cfg.kl_type, entropy=ent, entropy_coef=entropy_coef, **norms, **cfg.loss_kwargs,
                     rollout_is_weights=None if is_w is None else is_w[mb],
@@ -247,6 +273,35 @@ def update_policy(
             optimizer.step()
             n_updates += 1
     return loss_sums, grad_norms, n_updates
+
+
+#: Estimators that read the old policy's entropies or log-probs without declaring them in ``needs``
+#: (CANON conditions on the mean token entropy when the batch has no ``metric``).
+OPTIONAL_OLD_POLICY_READERS = frozenset({"canon", "canon_anneal", "canon_cosine", "canon_cosine_r", "canon_random"})
+
+
+def old_logprobs_source(cfg: TrainConfig) -> str:
+    """Where the step's old-policy log-probs come from: ``"recompute"`` (a no-grad forward before
+    the update), ``"sampling"`` (recorded while sampling) or ``"update"`` (the update forward's own,
+    detached: ``update_policy(old_lp=None)``).
+
+    ``old_logprobs=auto`` (the default) gives ``"update"`` when the step is fully on-policy — one
+    PPO epoch and one mini-batch, so one optimizer step per rollout — and nothing before the update
+    reads the old log-probs or entropies: no credit hooks, no TER, no KL/reference model, no
+    rollout IS, and an estimator that needs neither; otherwise ``"recompute"``. Both give the same
+    gradient (the ratio is exactly 1 either way, up to fp32 rounding of the recomputation); the
+    separate forward is what ``"update"`` saves.
+    """
+    if cfg.old_logprobs != "auto":
+        return cfg.old_logprobs
+    from ..advantages import registry
+
+    terms = registry.parse(cfg.estimator).terms
+    old_fields = {"old_logprobs", "entropy", "ref_logprobs"}
+    reads_old = any(set(info.needs) & old_fields or info.name in OPTIONAL_OLD_POLICY_READERS for _w, info, _kw in terms)
+    on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
+    simple = cfg.credit == "none" and not cfg.ter and cfg.kl_coef == 0 and cfg.rollout_is == "none"
+    return "update" if on_policy and simple and not reads_old else "recompute"
 
 
 def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConfig, entropy: bool):
@@ -290,8 +345,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     model.train()
     credit = make_credit(cfg, model)  # token/segment credit hooks (grouprl.train.credit); no-op for "none"
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    # the fused AdamW kernel (one pass per tensor; TRL's default optimizer too) where torch has it
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda") or None)
     group_names = sorted({e.data_group for e in pool}, key=str)
     group_id = {g: i for i, g in enumerate(group_names)}
     sampler = get_sampler(cfg.sampler, len(pool), seed=cfg.seed, prompt_groups=[e.data_group for e in pool],
@@ -299,6 +355,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     methods = MethodHooks(cfg, task, reward_component_fns(cfg, task, guard))  # per-method hooks (methods.py)
     pool_prompts = encode_prompts(tok, [e.prompt for e in pool])
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
+    old_source = old_logprobs_source(cfg)
 
     # -- resume or start
     start_step, failures_total = 0, 0
@@ -319,7 +376,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         start_step, failures_total = int(state["step"]), int(state["failures_total"])
     for f in ("metrics.jsonl", "eval.jsonl"):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
-    metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
+    # lines are flushed at once and fsync-ed before each checkpoint (not after every line: ~5 ms a step)
+    metrics_log = JsonlWriter(run_dir / "metrics.jsonl", fsync_every_line=False)
+    eval_log = JsonlWriter(run_dir / "eval.jsonl", fsync_every_line=False)
     tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard)
 
     def run_eval(step: int) -> dict[str, Any]:
@@ -376,10 +435,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         t0 = time.perf_counter()
         mask = gen.response_mask
         with amp():
-            if cfg.old_logprobs == "recompute":
+            if old_source == "recompute":
                 old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
-            else:
+            elif old_source == "sampling":
                 old_lp, entropy = gen.logprobs, _forward_logprobs(model, gen, rows, cfg, entropy=True)[1]
+            else:  # "update": the update forward's own, filled in by update_policy below
+                old_lp, entropy = None, None
             ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
         rewards = gen.rewards.clone()
         seq_kl = None
@@ -397,7 +458,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()], device=device),
         )
         batch = credit.prepare(batch, gen, ctx)
-        batch = methods.prepare(batch, decode_responses(tok, gen), [pool[i] for i in gen.prompt_index.tolist()])
+        texts = gen.texts  # decoded in generate(); credit hooks may have extended the rows since
+        if cfg.credit != "none" or texts is None or len(texts) != len(gen):
+            texts = decode_responses(tok, gen)
+        batch = methods.prepare(batch, texts, [pool[i] for i in gen.prompt_index.tolist()])
         adv = methods.advantages(batch, step)  # per-method hooks (grouprl.train.methods)
         # truncated IS of the sampler-vs-trainer mismatch (grouprl.train.device; off by default)
         is_w, is_metrics = rollout_is(old_lp, gen.logprobs, mask, level=cfg.rollout_is, cap=cfg.rollout_is_cap)
@@ -407,12 +471,16 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
 
         # ---- 4. update: epochs x mini-batches x micro-batches
         t0 = time.perf_counter()
+        record: dict[str, torch.Tensor] = {}
         loss_sums, grad_norms, n_updates = update_policy(
             model, optimizer, gen, cfg, old_lp=old_lp, adv=adv, loss_mask=loss_mask, ref_lp=ref_lp,
             generator=step_generator(cfg.seed, step, 2), norm_const=norm_const, amp=amp,
             need_entropy=credit.needs_entropy or methods.needs_entropy,
-            entropy_coef=methods.entropy_coef(cfg.entropy_coef), is_w=is_w,
+            entropy_coef=methods.entropy_coef(cfg.entropy_coef), is_w=is_w, record=record,
             extra_loss_kwargs=lambda mb, ent: {**credit.loss_kwargs(ent), **methods.loss_kwargs(mb)})
+        if old_lp is None:  # old_logprobs=auto, fully on-policy: the update's own (detached) values
+            old_lp, entropy = record["logprobs"], record["entropy"]
+            batch = batch.replace(old_logprobs=old_lp, entropy=entropy)
         credit_metrics = credit.after_update(batch, gen, ctx)  # e.g. the critic's own update
         times["update"] = time.perf_counter() - t0
 
@@ -453,6 +521,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         last = step + 1 == cfg.steps
         ev = run_eval(step + 1) if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0) else None
         if last or (step + 1) % cfg.save_every == 0:
+            metrics_log.sync()
+            eval_log.sync()
             save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
                 "config_hash": cfg.compat_hash(), "sampler": sampler_state(sampler), "methods": methods.state_dict(), "rng": rng_state(),
                 "failures_total": failures_total, "credit": credit.state_dict(),
