@@ -234,7 +234,8 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
 
 
 # Fields that decide the SFT warm start; cells that agree on them share one warm-start checkpoint.
-_WARM_FIELDS = ("task", "seed", "model", "sft_steps", "sft_batch_size", "sft_lr", "sft_warmup_steps")
+_WARM_FIELDS = ("task", "task_kwargs", "seed", "model", "max_new_tokens", "sft_steps", "sft_batch_size", "sft_lr",
+                "sft_warmup_steps", "sft_target_acc", "sft_check_every", "sft_val_size")
 
 
 def warm_key(config: dict[str, Any]) -> str | None:

@@ -106,6 +106,7 @@ def sft(ctx: typer.Context) -> None:
     from ..train.data import evaluate, step_generator
     from ..train.loop import eval_subset, load_task, make_guard
     from ..train.sft import sft as run_sft
+    from ..train.sft import print_checks, sft_kwargs, sft_summary
 
     console = Console()
     try:
@@ -125,17 +126,17 @@ def sft(ctx: typer.Context) -> None:
     else:
         model, tok = load_pretrained(cfg.model)
     t0 = time.perf_counter()
-    hist = run_sft(model, tok, task, steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, lr=cfg.sft_lr,
-                   warmup_steps=cfg.sft_warmup_steps, seed=cfg.seed)
+    hist = run_sft(model, tok, task, **sft_kwargs(cfg), on_step=print_checks(console))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_pretrained(model, tok, str(out))
     guard = make_guard(cfg, task)
     ev = evaluate(model, tok, eval_subset(task, cfg.eval_size), guard, max_new_tokens=cfg.max_new_tokens,
                   pass_k=cfg.pass_k, pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
                   generator=step_generator(cfg.seed, 0, 5))
-    (out / "sft_eval.json").write_text(json.dumps({"steps": cfg.sft_steps, "final_loss": hist[-1]["loss"] if hist else None,
+    (out / "sft_eval.json").write_text(json.dumps({"steps": len(hist), "final_loss": hist[-1]["loss"] if hist else None,
                                                    **ev}, indent=2) + "\n")
-    console.print(f"[bold green]SFT done[/] {out}: {cfg.sft_steps} steps in {time.perf_counter() - t0:.0f}s, "
+    (out / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
+    console.print(f"[bold green]SFT done[/] {out}: {sft_summary(hist)} in {time.perf_counter() - t0:.0f}s, "
                   f"held-out greedy acc {ev['acc']:.3f}; next: grouprl train init={out}")
 
 

@@ -74,7 +74,7 @@ class Arithmetic(Task):
         digits: int = 2,
         *,
         seed: int = 0,
-        train_size: int = 10_000,
+        train_size: int = 200_000,
         eval_size: int = 200,
         split_seed: int = 0,
         reverse: bool = False,

@@ -49,6 +49,12 @@ class TrainConfig(BaseModel):
     sft_batch_size: int = Field(64, ge=1)
     sft_lr: float = Field(3e-3, gt=0)
     sft_warmup_steps: int = Field(20, ge=0)
+    sft_target_acc: float = Field(
+        0.0, ge=0, le=1, description="SFT until greedy accuracy on a validation slice of the train pool reaches this "
+        "(constant lr, at most sft_steps steps); 0 = a fixed sft_steps with cosine decay"
+    )
+    sft_check_every: int = Field(100, ge=1, description="SFT steps between validation checks (sft_target_acc > 0)")
+    sft_val_size: int = Field(200, ge=1, description="validation slice (the train pool's last examples, not trained on)")
     # rollout
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=1, description="G: responses sampled per prompt")

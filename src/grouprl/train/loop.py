@@ -41,12 +41,12 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng
 from .credit import CreditContext, make_credit
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
-from .data import CORRECT, decode_responses, encode_prompts, evaluate, step_generator
+from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, step_generator
 from .logging import JsonlWriter, TensorBoard, read_jsonl, truncate_after
 from .methods import MethodHooks, reward_component_fns
 from .reports import format_group_table, group_report, ranking_report, sampler_calibration
 from .sampler import get_sampler, load_sampler_state, sampler_state
-from .sft import lr_at, sft
+from .sft import lr_at, print_checks, sft, sft_kwargs, sft_summary
 
 __all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source"]
 
@@ -121,12 +121,11 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
         else:
             model, tok = load_pretrained(cfg.model)
         t0 = time.perf_counter()
-        hist = sft(model, tok, task, steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, lr=cfg.sft_lr,
-                   warmup_steps=cfg.sft_warmup_steps, seed=cfg.seed)
+        hist = sft(model, tok, task, **sft_kwargs(cfg), on_step=print_checks(console))
         save_pretrained(model, tok, sft_dir)
+        (sft_dir / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
         if console is not None:
-            console.print(f"SFT: {cfg.sft_steps} steps, final loss {hist[-1]['loss']:.3f}, "
-                          f"{time.perf_counter() - t0:.0f}s -> {sft_dir}")
+            console.print(f"SFT: {sft_summary(hist)}, {time.perf_counter() - t0:.0f}s -> {sft_dir}")
     return load_pretrained(str(sft_dir))
 
 
@@ -353,7 +352,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     sampler = get_sampler(cfg.sampler, len(pool), seed=cfg.seed, prompt_groups=[e.data_group for e in pool],
                           **cfg.sampler_kwargs)
     methods = MethodHooks(cfg, task, reward_component_fns(cfg, task, guard))  # per-method hooks (methods.py)
-    pool_prompts = encode_prompts(tok, [e.prompt for e in pool])
+    pool_prompts = LazyTokens([e.prompt for e in pool], lambda t: encode_prompts(tok, t))
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
     old_source = old_logprobs_source(cfg)
 
