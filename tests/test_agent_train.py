@@ -76,3 +76,54 @@ def test_unknown_expert_and_bad_env(tmp_path):
                      instruction="", seed=0)
     with pytest.raises(Exception, match="gridwrold|gridworld"):
         train(_cfg(tmp_path, "bad", env="gridwrold"))
+
+
+# ---------------------------------------------------------------- device, precision, LoRA (as the task loop)
+def test_agent_loop_bf16_autocast_on_cpu(tmp_path, monkeypatch):
+    import math
+
+    import grouprl.train.agent_loop as agent_loop
+
+    seen = []
+    real = agent_loop.autocast
+
+    def recording(device, precision):
+        seen.append((device.type, precision))
+        return real(device, precision)
+
+    monkeypatch.setattr(agent_loop, "autocast", recording)
+    train(_cfg(tmp_path, "bf16", device="cpu", precision="bf16"))
+    rows = read_jsonl(tmp_path / "bf16" / "metrics.jsonl")
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    # rollout, old log-probs and update of each step (and the evaluations) ran under bf16 autocast
+    assert seen and set(seen) == {("cpu", "bf16")} and len(seen) >= 2 * 3
+
+
+def test_agent_loop_auto_device_is_the_cpu_path(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():  # pragma: no cover - CPU-only CI
+        pytest.skip("auto picks CUDA here")
+    train(_cfg(tmp_path, "auto", device="auto", precision="auto"))
+    train(_cfg(tmp_path, "cpu", device="cpu", precision="fp32"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(tmp_path / "auto" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "cpu" / "metrics.jsonl"))
+    assert read_jsonl(tmp_path / "auto" / "eval.jsonl") == read_jsonl(tmp_path / "cpu" / "eval.jsonl")
+
+
+def test_agent_loop_lora_trains_only_adapters(tmp_path):
+    pytest.importorskip("peft")
+    import torch
+    from safetensors.torch import load_file
+
+    from grouprl.models import build_model, build_tokenizer
+
+    train(_cfg(tmp_path, "lora", model="tiny", lora_rank=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],
+               lr=1e-2, steps=1, save_every=1))  # gigpo: the invalid-action penalty gives a gradient
+    ck = load_file(str(tmp_path / "lora" / "checkpoints" / "step_000001" / "model.safetensors"))
+    lora_b = [k for k in ck if "lora_B" in k]
+    assert lora_b and any(ck[k].abs().sum() > 0 for k in lora_b)  # B starts at 0: the adapters were trained
+    base = build_model("tiny", build_tokenizer("char"), seed=0).state_dict()
+    q = next(k for k in ck if k.endswith("q_proj.base_layer.weight"))
+    layer = q.split("layers.")[1].split(".")[0]
+    assert torch.equal(ck[q], base[f"model.layers.{layer}.self_attn.q_proj.weight"])  # base frozen

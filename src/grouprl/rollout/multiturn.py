@@ -22,10 +22,14 @@ is credited to that agent's latest row in the game, so the loser's −1 lands on
 
 State keys are hashed once per batch with ``grouprl.advantages.gigpo.state_keys`` (transition keys
 with ``grouprl.advantages.salt.transition_keys``), from the environments' ``state_key()``.
+
+The model may live on any device (sampling runs there, under whatever autocast region the caller
+opened); the returned batch is assembled on the CPU, and the caller moves it (``AgentBatch.to``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -72,6 +76,16 @@ class AgentBatch:
 
     def __len__(self) -> int:
         return int(self.trajectory.shape[0])
+
+    def to(self, device: torch.device | str) -> "AgentBatch":
+        """The batch with its token tensors and per-row fields on ``device`` (episode summaries stay
+        on the host); on the batch's own device every tensor is returned as is."""
+        g = self.gen
+        gen = dataclasses.replace(g, **{f: getattr(g, f).to(device) for f in
+                                        ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs",
+                                         "truncated", "prompt_index")})
+        rows = ("trajectory", "step", "group", "agent", "state_key", "transition_key", "step_rewards", "rewards", "invalid")
+        return dataclasses.replace(self, gen=gen, **{f: getattr(self, f).to(device) for f in rows})
 
 
 def run_episodes(
@@ -121,8 +135,8 @@ def run_episodes(
         calls += 1
         lengths = gen.response_mask.sum(dim=1).tolist()
         ids = gen.response_ids.tolist()
-        decoded = tokenizer.batch_decode(gen.response_ids.masked_fill(~gen.response_mask, tokenizer.pad_token_id).tolist(),
-                                         skip_special_tokens=True)
+        turn_lp = gen.logprobs.float().cpu()  # the batch is assembled on the host (one copy per turn)
+        decoded = tokenizer.batch_decode([row[:n] for row, n in zip(ids, lengths)], skip_special_tokens=True)
         still = []
         for j, i in enumerate(live):
             env = envs[i]
@@ -132,7 +146,7 @@ def run_episodes(
             row = len(r_env)
             r_prompt.append(prompts[j])
             r_resp.append(ids[j][: lengths[j]])
-            r_lp.append(gen.logprobs[j, : lengths[j]])
+            r_lp.append(turn_lp[j, : lengths[j]])
             r_env.append(i)
             r_step.append(turns[i])
             r_agent.append(agent)

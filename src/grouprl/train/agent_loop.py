@@ -37,6 +37,7 @@ from .agent_sft import agent_sft, expert_turns
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import step_generator
+from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, trainable_parameters
 from .logging import JsonlWriter, TensorBoard, truncate_after
 from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, begin_step, update_policy
 
@@ -98,10 +99,15 @@ def _initial_model(cfg: TrainConfig, make_env, run_dir: Path, console: Any):
     return load_pretrained(str(sft_dir))
 
 
-def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_size: int, greedy: bool, gen) -> AgentBatch:
-    return run_episodes(model, tok, make_env, seeds, group_size=group_size, max_turns=cfg.max_turns,
-                        history_len=cfg.history_len, instruction=cfg.instruction, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy, generator=gen)
+def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_size: int, greedy: bool, gen,
+              device: torch.device, amp) -> AgentBatch:
+    """Episodes sampled on ``device`` under ``amp``; the batch comes back on ``device``."""
+    with amp():
+        ab = run_episodes(model, tok, make_env, seeds, group_size=group_size, max_turns=cfg.max_turns,
+                          history_len=cfg.history_len, instruction=cfg.instruction, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy,
+                          generator=None if gen is None else device_generator(gen, device))
+    return ab.to(device)
 
 
 def _episode_metrics(ab: AgentBatch) -> dict[str, float]:
@@ -127,9 +133,14 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
     # -- environment, model, reference, optimizer
     make_env = _env_factory(cfg)
     model, tok = _initial_model(cfg, make_env, run_dir, console)
+    device = resolve_device(cfg.device)  # as the task loop: auto -> CUDA when available
+    precision = resolve_precision(cfg.precision, device)
+    amp = lambda: autocast(device, precision)  # noqa: E731  bf16 forwards; weights, losses stay fp32
+    model = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules,
+                       dropout=cfg.lora_dropout).to(device)
     model.train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
     eval_seeds = list(range(EVAL_SEED0, EVAL_SEED0 + cfg.eval_size))
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
@@ -153,8 +164,9 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
-        greedy = _episode_metrics(_episodes(model, tok, make_env, cfg, eval_seeds, 1, True, None))
-        sampled = _episodes(model, tok, make_env, cfg, eval_seeds, 1, False, step_generator(cfg.seed, step, 5))
+        greedy = _episode_metrics(_episodes(model, tok, make_env, cfg, eval_seeds, 1, True, None, device, amp))
+        sampled = _episodes(model, tok, make_env, cfg, eval_seeds, 1, False, step_generator(cfg.seed, step, 5),
+                            device, amp)
         model.train()
         row = {"step": step, "acc": greedy["success"], **{f"greedy_{k}": v for k, v in greedy.items()},
                "sampled_success": float(sampled.episode_success.float().mean())}
@@ -174,7 +186,8 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         # ---- 1. rollout: prompts_per_step seeds x group_size episodes, lock-step
         t0 = time.perf_counter()
         seeds = torch.randint(EVAL_SEED0, (cfg.prompts_per_step,), generator=step_generator(cfg.seed, step, 3)).tolist()
-        ab = _episodes(model, tok, make_env, cfg, seeds, cfg.group_size, False, step_generator(cfg.seed, step, 1))
+        ab = _episodes(model, tok, make_env, cfg, seeds, cfg.group_size, False, step_generator(cfg.seed, step, 1),
+                       device, amp)
         model.train()
         gen, rows = ab.gen, torch.arange(len(ab))
         times["rollout"] = time.perf_counter() - t0
@@ -182,10 +195,11 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         # ---- 2. old-policy (and reference) log-probs
         t0 = time.perf_counter()
         mask = gen.response_mask
-        old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
-        if cfg.old_logprobs == "sampling":
-            old_lp = gen.logprobs
-        ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
+        with amp():
+            old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
+            if cfg.old_logprobs == "sampling":
+                old_lp = gen.logprobs
+            ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
         times["logprobs"] = time.perf_counter() - t0
 
         # ---- 3. advantages on the step-level batch
@@ -199,7 +213,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         t0 = time.perf_counter()
         loss_sums, grad_norms, n_updates = update_policy(
             model, optimizer, gen, cfg, old_lp=old_lp, adv=adv, loss_mask=mask, ref_lp=ref_lp,
-            generator=step_generator(cfg.seed, step, 2), norm_const=norm_const)
+            generator=step_generator(cfg.seed, step, 2), norm_const=norm_const, amp=amp)
         times["update"] = time.perf_counter() - t0
 
         # ---- 5. metrics, evaluation, checkpoint
