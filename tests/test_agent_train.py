@@ -127,3 +127,17 @@ def test_agent_loop_lora_trains_only_adapters(tmp_path):
     q = next(k for k in ck if k.endswith("q_proj.base_layer.weight"))
     layer = q.split("layers.")[1].split(".")[0]
     assert torch.equal(ck[q], base[f"model.layers.{layer}.self_attn.q_proj.weight"])  # base frozen
+
+
+def test_eval_env_kwargs_evaluate_selfplay_against_a_fixed_opponent(tmp_path):
+    train(_cfg(tmp_path, "vs", env="tictactoe", estimator="mars", max_turns=5, instruction="Play.", steps=1,
+               eval_size=4, eval_env_kwargs={"opponent": "random"}))
+    ev = read_jsonl(tmp_path / "vs" / "eval.jsonl")
+    assert [e["step"] for e in ev] == [0, 1]
+    for e in ev:
+        for mode in ("greedy", "sampled"):
+            rates = [e[f"{mode}_{k}"] for k in ("win_rate", "draw_rate", "loss_rate")]
+            assert all(0 <= r <= 1 for r in rates) and sum(rates) <= 1 + 1e-9
+            assert e[f"{mode}_success"] == e[f"{mode}_win_rate"]  # vs an opponent, success = a win
+    rows = read_jsonl(tmp_path / "vs" / "metrics.jsonl")
+    assert rows[0]["rows"] > 0  # training stays self-play: both players' moves are rows

@@ -70,6 +70,7 @@ class AgentBatch:
     episode_return: Tensor  # (E,) agent 0's return per environment
     episode_success: Tensor  # (E,) bool
     episode_length: Tensor  # (E,) turns
+    episode_done: Tensor | None = None  # (E,) bool: ended by the environment (terminated), not cut off
     model_calls: int = 0
     raw_states: list = field(default_factory=list)
     actions: list = field(default_factory=list)
@@ -125,6 +126,7 @@ def run_episodes(
     r_prompt, r_resp, r_lp, r_env, r_step, r_agent, r_state, r_act, r_next, r_rew, r_inv, texts = ([] for _ in range(12))
     last_row = [[-1] * n_agents for _ in envs]
     success = [False] * len(envs)
+    ended = [False] * len(envs)
     calls = 0
     while live:
         prompts = [bos + tokenizer.encode(build_prompt(instr, history[i], obs[i], history_len), add_special_tokens=False)
@@ -160,6 +162,7 @@ def run_episodes(
                 if ra and last_row[i][a] >= 0:
                     r_rew[last_row[i][a]] += float(ra)
             success[i] = success[i] or bool(info.get("success", False))
+            ended[i] = bool(term)
             history[i].append((obs[i], info["action"] if info.get("action") is not None else "invalid"))
             obs[i] = nobs
             turns[i] += 1
@@ -188,6 +191,7 @@ def run_episodes(
         agent=agent_t, state_key=state_keys(r_state), transition_key=transition_keys(r_state, r_act, r_next),
         step_rewards=step_rewards, rewards=ret[env_idx * n_agents + agent_t], invalid=torch.tensor(r_inv, dtype=torch.bool),
         texts=texts, episode_return=ret.view(len(envs), n_agents)[:, 0].clone(),
-        episode_success=torch.tensor(success), episode_length=torch.tensor(turns), model_calls=calls,
+        episode_success=torch.tensor(success), episode_length=torch.tensor(turns), episode_done=torch.tensor(ended),
+        model_calls=calls,
         raw_states=r_state, actions=r_act,
     )

@@ -11,12 +11,17 @@
                        extras["invalid_action"]); default gigpo
         4. update      the same PPO-style update as the task loop (epochs x mini x micro batches,
                        normalisers per mini-batch, grad clipping, AdamW, LR schedule)
-        5. log, evaluate (greedy success rate on fixed eval seeds), checkpoint
+        5. log, evaluate (fixed held-out eval seeds, greedy and sampled), checkpoint
 
-It reuses the task loop's pieces (run dir, summary, progress bar, forward log-probs) and its
-checkpoint format, so ``--resume`` works the same way. Evaluation rows carry ``acc`` = the greedy
-success rate (for ``grouprl plot`` and the summary), ``sampled_success`` at the training
-temperature, the mean return, the invalid-action rate and the episode length.
+It reuses the task loop's pieces (run dir, summary, progress bar, forward log-probs, update) and
+its checkpoint format, so ``--resume`` works the same way; ``device``, ``precision`` (bf16 autocast
+of rollout, log-prob forwards and update) and LoRA are honoured as in the task loop, through
+``grouprl.train.device``. Evaluation plays the eval seeds EVAL_SEED0 + 0..eval_size-1 (training
+seeds are drawn below EVAL_SEED0, so never overlap) once greedily and once at the training
+temperature, in the environment built with ``env_kwargs`` then ``eval_env_kwargs`` (e.g. a fixed
+opponent for a self-play policy). Rows carry ``acc`` = the greedy success rate (for ``grouprl plot``
+and the summary), ``acc/sampled``, and ``greedy_*``/``sampled_*`` success, return, invalid-action
+rate, episode length and win/draw/loss rates.
 """
 
 from __future__ import annotations
@@ -57,10 +62,11 @@ def agent_batch_to_rollouts(ab: AgentBatch, mask: torch.Tensor, **token_fields: 
     )
 
 
-def _env_factory(cfg: TrainConfig):
+def _env_factory(cfg: TrainConfig, evaluation: bool = False):
+    """A factory of ``cfg.env`` with ``env_kwargs`` (and, for evaluation, ``eval_env_kwargs`` over them)."""
     from ..envs import get_env
 
-    kwargs = dict(cfg.env_kwargs)
+    kwargs = {**cfg.env_kwargs, **(cfg.eval_env_kwargs if evaluation else {})}
     get_env(cfg.env, **kwargs)  # fail early: unknown name (close matches) or bad arguments
     return lambda: get_env(cfg.env, **kwargs)
 
@@ -111,11 +117,17 @@ def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_si
 
 
 def _episode_metrics(ab: AgentBatch) -> dict[str, float]:
+    """Per-episode means (agent 0's return). ``win_rate``/``loss_rate``: return > 0 / < 0;
+    ``draw_rate``: ended by the environment with return 0 (tic-tac-toe: a draw; grid world: a hole)."""
+    ret, done = ab.episode_return, ab.episode_done
     return {
         "success": float(ab.episode_success.float().mean()),
-        "return": float(ab.episode_return.mean()),
+        "return": float(ret.mean()),
         "invalid_rate": float(ab.invalid.float().mean()),
         "episode_len": float(ab.episode_length.float().mean()),
+        "win_rate": float((ret > 0).float().mean()),
+        "draw_rate": float((done & (ret == 0)).float().mean()),
+        "loss_rate": float((ret < 0).float().mean()),
     }
 
 
@@ -132,6 +144,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
     # -- environment, model, reference, optimizer
     make_env = _env_factory(cfg)
+    make_eval_env = _env_factory(cfg, evaluation=True)
     model, tok = _initial_model(cfg, make_env, run_dir, console)
     device = resolve_device(cfg.device)  # as the task loop: auto -> CUDA when available
     precision = resolve_precision(cfg.precision, device)
@@ -164,12 +177,12 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
-        greedy = _episode_metrics(_episodes(model, tok, make_env, cfg, eval_seeds, 1, True, None, device, amp))
-        sampled = _episodes(model, tok, make_env, cfg, eval_seeds, 1, False, step_generator(cfg.seed, step, 5),
-                            device, amp)
+        greedy = _episode_metrics(_episodes(model, tok, make_eval_env, cfg, eval_seeds, 1, True, None, device, amp))
+        sampled = _episode_metrics(_episodes(model, tok, make_eval_env, cfg, eval_seeds, 1, False,
+                                             step_generator(cfg.seed, step, 5), device, amp))
         model.train()
         row = {"step": step, "acc": greedy["success"], **{f"greedy_{k}": v for k, v in greedy.items()},
-               "sampled_success": float(sampled.episode_success.float().mean())}
+               **{f"sampled_{k}": v for k, v in sampled.items()}}
         row["acc/sampled"] = row["sampled_success"]  # drawn by `grouprl plot` beside the greedy curve
         eval_log.write(row)
         tb.write("eval", row)
