@@ -141,3 +141,25 @@ def test_eval_env_kwargs_evaluate_selfplay_against_a_fixed_opponent(tmp_path):
             assert e[f"{mode}_success"] == e[f"{mode}_win_rate"]  # vs an opponent, success = a win
     rows = read_jsonl(tmp_path / "vs" / "metrics.jsonl")
     assert rows[0]["rows"] > 0  # training stays self-play: both players' moves are rows
+
+
+def test_agent_runs_summary_mean_and_standard_error(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "agent_runs.py"
+    spec = importlib.util.spec_from_file_location("agent_runs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, accs, succ in (("a", [0.2, 0.6], [0.1, 0.3, 0.5]), ("b", [0.4, 1.0], [0.3, 0.5, 0.7])):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "eval.jsonl").write_text("".join(json.dumps({"step": 3 * i, "acc": a, "sampled_success": a}) + "\n"
+                                              for i, a in enumerate(accs)))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "success": s, "invalid_rate": 0.0,
+                                                             "time/step": 1.0}) + "\n" for i, s in enumerate(succ)))
+    mod.main([f"m={tmp_path / 'a'},{tmp_path / 'b'}", "--block", "2", "--png", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert "| 3 | 0.800 ± 0.200 | 0.800 ± 0.200 |" in out  # mean of 0.6 and 1.0, SE = std/sqrt(2) = 0.2
+    assert "| success | 0.300 ± 0.100 | 0.600 ± 0.100 |" in out  # blocks of 2 steps: (0.2, 0.4), then (0.5, 0.7)
+    assert (tmp_path / "c.png").stat().st_size > 0

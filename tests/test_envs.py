@@ -152,11 +152,11 @@ def test_gridworld_random_start_and_position_line():
         obs, _ = env.reset(seed=seed)
         starts.add(env.pos)
         assert env.pos in _start_cells(1) and LAYOUTS[1][env.pos[0]][env.pos[1]] in "S."
-        assert obs.splitlines()[-1] == f"Row {env.pos[0]}, column {env.pos[1]}."
+        assert obs.splitlines()[-1] == f"Cell {'abcdefghijklmnopqrstuvwxy'[env.pos[0] * 5 + env.pos[1]]}."
         assert obs.splitlines()[env.pos[0]].split()[env.pos[1]] == "A"
         again = GridWorld(layout=1, random_start=True)
         again.reset(seed=seed)
-        assert again.pos == env.pos and "Row" not in again.render()  # the seed fixes the start
+        assert again.pos == env.pos and "Cell" not in again.render()  # the seed fixes the start
         for _ in range(30):  # every start cell can reach G: the expert gets there
             *_, term, trunc, info = env.step(EXPERTS["gridworld"](env))
             if term or trunc:

@@ -40,6 +40,7 @@ LAYOUTS: tuple[tuple[str, ...], ...] = (
     ),
 )
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # cell names of show_position, row by row (layouts have <= 25 cells)
 
 
 @lru_cache(maxsize=None)
@@ -72,8 +73,12 @@ class GridWorld(TextEnv):
     which G can be reached without crossing a hole (so a seed fixes layout and start, and environments
     reset with the same seed still share their states); many seeds then give many distinct episodes,
     which makes a greedy evaluation over a set of seeds graded rather than all-or-nothing.
-    ``show_position=True`` adds a line ``"Row r, column c."`` (the agent's cell, 0-based) to the observation:
-    a small character-level model reads its position from it far more easily than from the grid.
+    ``show_position=True`` adds a line ``"Cell x."`` naming the agent's cell by a letter, row by row
+    (``a`` is row 0 column 0, ``b`` row 0 column 1, ...). A small character-level model reads its
+    position from this one token far more easily than from the grid or from a (row, column) pair: in
+    the measurement of docs/agents.md, the 1M model SFT-ed on noisy expert moves had a
+    position-dependent policy after 150 steps with the letter and still none after 250 with
+    ``"Row r, column c."``.
     """
 
     name = "gridworld"
@@ -152,7 +157,7 @@ class GridWorld(TextEnv):
                 cells[self.pos[1]] = "A"
             rows.append(" ".join(cells))
         if self.show_position:
-            rows.append(f"Row {self.pos[0]}, column {self.pos[1]}.")
+            rows.append(f"Cell {_LETTERS[self.pos[0] * len(self.grid[0]) + self.pos[1]]}.")
         return "\n".join(rows)
 
     def state_key(self) -> tuple:
