@@ -131,7 +131,7 @@ def test_agent_loop_lora_trains_only_adapters(tmp_path):
 
 def test_eval_env_kwargs_evaluate_selfplay_against_a_fixed_opponent(tmp_path):
     train(_cfg(tmp_path, "vs", env="tictactoe", estimator="mars", max_turns=5, instruction="Play.", steps=1,
-               eval_size=4, eval_env_kwargs={"opponent": "random"}))
+               eval_size=4, env_kwargs={"invalid_penalty": -1.0}, eval_env_kwargs={"opponent": "random"}))
     ev = read_jsonl(tmp_path / "vs" / "eval.jsonl")
     assert [e["step"] for e in ev] == [0, 1]
     for e in ev:
@@ -139,6 +139,8 @@ def test_eval_env_kwargs_evaluate_selfplay_against_a_fixed_opponent(tmp_path):
             rates = [e[f"{mode}_{k}"] for k in ("win_rate", "draw_rate", "loss_rate")]
             assert all(0 <= r <= 1 for r in rates) and sum(rates) <= 1 + 1e-9
             assert e[f"{mode}_success"] == e[f"{mode}_win_rate"]  # vs an opponent, success = a win
+            # the invalid-move penalty lowers the return but not the outcome rates
+            assert e[f"{mode}_return"] <= e[f"{mode}_win_rate"] - e[f"{mode}_loss_rate"] + 1e-9
     rows = read_jsonl(tmp_path / "vs" / "metrics.jsonl")
     assert rows[0]["rows"] > 0  # training stays self-play: both players' moves are rows
 
@@ -163,3 +165,17 @@ def test_agent_runs_summary_mean_and_standard_error(tmp_path, capsys):
     assert "| 3 | 0.800 ± 0.200 | 0.800 ± 0.200 |" in out  # mean of 0.6 and 1.0, SE = std/sqrt(2) = 0.2
     assert "| success | 0.300 ± 0.100 | 0.600 ± 0.100 |" in out  # blocks of 2 steps: (0.2, 0.4), then (0.5, 0.7)
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_agent_example_configs_load_and_build_their_envs():
+    import pathlib
+
+    from grouprl.train.config import load_config
+
+    paths = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples" / "agents").glob("*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.env is not None, path.name
+        get_env(cfg.env, **cfg.env_kwargs).reset(seed=0)
+        get_env(cfg.env, **{**cfg.env_kwargs, **cfg.eval_env_kwargs}).reset(seed=1_000_000)

@@ -71,6 +71,7 @@ class AgentBatch:
     episode_success: Tensor  # (E,) bool
     episode_length: Tensor  # (E,) turns
     episode_done: Tensor | None = None  # (E,) bool: ended by the environment (terminated), not cut off
+    episode_final_reward: Tensor | None = None  # (E,) agent 0's reward on the step that ended the episode
     model_calls: int = 0
     raw_states: list = field(default_factory=list)
     actions: list = field(default_factory=list)
@@ -127,6 +128,7 @@ def run_episodes(
     last_row = [[-1] * n_agents for _ in envs]
     success = [False] * len(envs)
     ended = [False] * len(envs)
+    final = [0.0] * len(envs)
     calls = 0
     while live:
         prompts = [bos + tokenizer.encode(build_prompt(instr, history[i], obs[i], history_len), add_special_tokens=False)
@@ -163,6 +165,8 @@ def run_episodes(
                     r_rew[last_row[i][a]] += float(ra)
             success[i] = success[i] or bool(info.get("success", False))
             ended[i] = bool(term)
+            if term:
+                final[i] = float(info.get("agent_rewards", [_rew])[0])
             history[i].append((obs[i], info["action"] if info.get("action") is not None else "invalid"))
             obs[i] = nobs
             turns[i] += 1
@@ -192,6 +196,7 @@ def run_episodes(
         step_rewards=step_rewards, rewards=ret[env_idx * n_agents + agent_t], invalid=torch.tensor(r_inv, dtype=torch.bool),
         texts=texts, episode_return=ret.view(len(envs), n_agents)[:, 0].clone(),
         episode_success=torch.tensor(success), episode_length=torch.tensor(turns), episode_done=torch.tensor(ended),
+        episode_final_reward=torch.tensor(final, dtype=torch.float32),
         model_calls=calls,
         raw_states=r_state, actions=r_act,
     )

@@ -117,17 +117,19 @@ def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_si
 
 
 def _episode_metrics(ab: AgentBatch) -> dict[str, float]:
-    """Per-episode means (agent 0's return). ``win_rate``/``loss_rate``: return > 0 / < 0;
-    ``draw_rate``: ended by the environment with return 0 (tic-tac-toe: a draw; grid world: a hole)."""
-    ret, done = ab.episode_return, ab.episode_done
+    """Per-episode means (agent 0). The outcome rates read agent 0's reward on the step that ended
+    the episode (so step penalties such as the invalid-move one do not count): ``win_rate`` > 0,
+    ``loss_rate`` < 0, ``draw_rate`` = 0 (tic-tac-toe: a draw; grid world: a hole); episodes cut off
+    by ``max_turns`` count in none of them."""
+    done, final = ab.episode_done, ab.episode_final_reward
     return {
         "success": float(ab.episode_success.float().mean()),
-        "return": float(ret.mean()),
+        "return": float(ab.episode_return.mean()),
         "invalid_rate": float(ab.invalid.float().mean()),
         "episode_len": float(ab.episode_length.float().mean()),
-        "win_rate": float((ret > 0).float().mean()),
-        "draw_rate": float((done & (ret == 0)).float().mean()),
-        "loss_rate": float((ret < 0).float().mean()),
+        "win_rate": float((done & (final > 0)).float().mean()),
+        "draw_rate": float((done & (final == 0)).float().mean()),
+        "loss_rate": float((done & (final < 0)).float().mean()),
     }
 
 
