@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             for label, c in curves.items():
                 xs, ms, ses = zip(*c[k])
                 ax.errorbar(xs, ms, yerr=ses, marker="o", capsize=3, label=label)
-            ax.set_title(k)
+            ax.set_title({"acc": "held-out greedy success (acc)", "sampled_success": "held-out sampled success"}.get(k, k))
             ax.set_xlabel("RL step")
             ax.set_ylim(-0.02, 1.02)
             ax.legend(fontsize=8)
