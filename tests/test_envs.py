@@ -142,6 +142,31 @@ def test_gridworld_slip_is_deterministic_under_seed():
     assert any(run(s) != run(3) for s in range(4, 12))  # slips depend on the seed
 
 
+def test_gridworld_random_start_and_position_line():
+    from grouprl.envs.gridworld import _start_cells
+    from grouprl.train.agent_sft import EXPERTS
+
+    starts = set()
+    for seed in range(40):
+        env = GridWorld(layout=1, random_start=True, show_position=True, max_steps=30)
+        obs, _ = env.reset(seed=seed)
+        starts.add(env.pos)
+        assert env.pos in _start_cells(1) and LAYOUTS[1][env.pos[0]][env.pos[1]] in "S."
+        assert obs.splitlines()[-1] == f"Cell {'abcdefghijklmnopqrstuvwxy'[env.pos[0] * 5 + env.pos[1]]}."
+        assert obs.splitlines()[env.pos[0]].split()[env.pos[1]] == "A"
+        again = GridWorld(layout=1, random_start=True)
+        again.reset(seed=seed)
+        assert again.pos == env.pos and "Cell" not in again.render()  # the seed fixes the start
+        for _ in range(30):  # every start cell can reach G: the expert gets there
+            *_, term, trunc, info = env.step(EXPERTS["gridworld"](env))
+            if term or trunc:
+                break
+        assert info["success"], seed
+    assert len(starts) > 5
+    # row 2 of layout 2 left of the hole is cut off from G by holes and walls: never a start
+    assert (2, 0) not in _start_cells(2) and (0, 0) in _start_cells(2)
+
+
 SOKOBAN_SOLUTIONS = {
     0: ["right", "right"],
     1: ["left", "up", "right", "up", "left"],

@@ -85,3 +85,21 @@ def test_build_prompt_history():
     p = build_prompt("Do.", [("o1", "a1"), ("o2", "a2")], "o3", history_len=1)
     assert p == "Do.\no2\nAction: a2\no3\nAction: "
     assert build_prompt("", [("o1", "a1")], "o2", 0) == "o2\nAction: "
+
+
+def test_episode_outcome_fields_match_the_rows():
+    model, tok = _model()
+    ab = run_episodes(model, tok, lambda: get_env("tictactoe", opponent="random", invalid_penalty=-0.5), [0, 1],
+                      group_size=3, max_turns=6, instruction="Play.", max_new_tokens=3,
+                      generator=torch.Generator().manual_seed(2))
+    for e in range(6):
+        rows = (ab.trajectory == e).nonzero().squeeze(1)
+        last = int(rows[-1])
+        # the final reward is the last row's reward minus nothing (a finishing move is a legal one)
+        if bool(ab.episode_done[e]):
+            assert not bool(ab.invalid[last]) and float(ab.episode_final_reward[e]) == float(ab.step_rewards[last])
+            assert bool(ab.episode_success[e]) == (float(ab.episode_final_reward[e]) > 0)
+        else:
+            assert float(ab.episode_final_reward[e]) == 0.0 and int(ab.episode_length[e]) == 6
+        # the return also holds the invalid-move penalties of the episode
+        assert abs(float(ab.episode_return[e]) - float(ab.step_rewards[rows].sum())) < 1e-6

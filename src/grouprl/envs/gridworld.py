@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections import deque
+from functools import lru_cache
 
 from .base import TextEnv, register_env
 
@@ -38,6 +40,24 @@ LAYOUTS: tuple[tuple[str, ...], ...] = (
     ),
 )
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # cell names of show_position, row by row (layouts have <= 25 cells)
+
+
+@lru_cache(maxsize=None)
+def _start_cells(layout_id: int) -> tuple[tuple[int, int], ...]:
+    """The floor cells (S or .) of a layout from which G is reachable avoiding holes, row-major."""
+    grid = LAYOUTS[layout_id]
+    rows, cols = len(grid), len(grid[0])
+    goal = next((r, row.index("G")) for r, row in enumerate(grid) if "G" in row)
+    seen, queue = {goal}, deque([goal])
+    while queue:  # moves are reversible on floor cells, so a search from G finds every cell that reaches it
+        r, c = queue.popleft()
+        for dr, dc in MOVES.values():
+            n = (r + dr, c + dc)
+            if 0 <= n[0] < rows and 0 <= n[1] < cols and n not in seen and grid[n[0]][n[1]] in "S.":
+                seen.add(n)
+                queue.append(n)
+    return tuple(sorted(p for p in seen if grid[p[0]][p[1]] in "S."))
 
 
 @register_env("gridworld")
@@ -48,6 +68,17 @@ class GridWorld(TextEnv):
     with the same seed share their states. ``slip`` > 0 makes a move go sideways with that
     probability, drawn from a generator seeded at reset (deterministic under seed and actions).
     Moving into a wall or the border is legal and leaves the agent in place.
+
+    ``random_start=True`` starts each episode on a floor cell drawn by the seed among the cells from
+    which G can be reached without crossing a hole (so a seed fixes layout and start, and environments
+    reset with the same seed still share their states); many seeds then give many distinct episodes,
+    which makes a greedy evaluation over a set of seeds graded rather than all-or-nothing.
+    ``show_position=True`` adds a line ``"Cell x."`` naming the agent's cell by a letter, row by row
+    (``a`` is row 0 column 0, ``b`` row 0 column 1, ...). A small character-level model reads its
+    position from this one token far more easily than from the grid or from a (row, column) pair: in
+    the measurement of docs/agents.md, the 1M model SFT-ed on noisy expert moves had a
+    position-dependent policy after 150 steps with the letter and still none after 250 with
+    ``"Row r, column c."``.
     """
 
     name = "gridworld"
@@ -61,6 +92,8 @@ class GridWorld(TextEnv):
         goal_reward: float = 1.0,
         hole_reward: float = 0.0,
         invalid_penalty: float = 0.0,
+        random_start: bool = False,
+        show_position: bool = False,
     ) -> None:
         super().__init__(max_steps=max_steps, invalid_penalty=invalid_penalty)
         if layout is not None and not 0 <= layout < len(LAYOUTS):
@@ -71,6 +104,8 @@ class GridWorld(TextEnv):
         self.slip = slip
         self.goal_reward = goal_reward
         self.hole_reward = hole_reward
+        self.random_start = bool(random_start)
+        self.show_position = bool(show_position)
         self.layout_id = 0
         self.grid: tuple[str, ...] = LAYOUTS[0]
         self.pos = (0, 0)
@@ -81,6 +116,8 @@ class GridWorld(TextEnv):
         self.grid = LAYOUTS[self.layout_id]
         self.pos = next((r, row.index("S")) for r, row in enumerate(self.grid) if "S" in row)
         self._rng = random.Random(seed)
+        if self.random_start:
+            self.pos = self._rng.choice(_start_cells(self.layout_id))
 
     def valid_actions(self) -> list[str]:
         return list(MOVES)
@@ -119,6 +156,8 @@ class GridWorld(TextEnv):
             if r == self.pos[0]:
                 cells[self.pos[1]] = "A"
             rows.append(" ".join(cells))
+        if self.show_position:
+            rows.append(f"Cell {_LETTERS[self.pos[0] * len(self.grid[0]) + self.pos[1]]}.")
         return "\n".join(rows)
 
     def state_key(self) -> tuple:

@@ -3,7 +3,7 @@
 gymnasium is optional and imported only when an adapted environment is built; without it the
 constructor raises ``ImportError`` with the install command. The observation text is rendered here
 from the discrete state (gymnasium's ANSI rendering marks the agent only with colour codes).
-textarena is not adapted: it pulls openai, nltk (with run-time data downloads), chess and requests.
+textarena's single-player games have their own adapter (``textarena_env``).
 """
 
 from __future__ import annotations

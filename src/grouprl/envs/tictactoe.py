@@ -46,7 +46,7 @@ class TicTacToe(TextEnv):
     draw. An illegal or unparsable move is flagged ``invalid_action`` and the same agent moves again.
     With ``opponent="random"`` or ``"minimax"`` the environment is single-agent: the model plays
     ``model_plays`` (X or O) and the built-in opponent answers inside ``step`` (random moves are
-    drawn from a generator seeded at reset). ``opening_moves`` > 0 starts from that many random
+    drawn from a generator seeded at reset); ``info["success"]`` is then True when the model wins. ``opening_moves`` > 0 starts from that many random
     moves chosen by the seed; by default every seed starts from the empty board.
     """
 
@@ -131,7 +131,7 @@ class TicTacToe(TextEnv):
             return 0.0, False, {}
         if self.opponent:
             r = 0.0 if result == "draw" else (self.win_reward if result == self.model_mark else -self.win_reward)
-            return r, True, {"winner": result, "agent_rewards": [r]}
+            return r, True, {"winner": result, "agent_rewards": [r], "success": result == self.model_mark}
         if result == "draw":
             return 0.0, True, {"winner": "draw", "agent_rewards": [0.0, 0.0]}
         rewards = [-self.win_reward, -self.win_reward]

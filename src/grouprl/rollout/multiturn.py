@@ -22,10 +22,14 @@ is credited to that agent's latest row in the game, so the loser's −1 lands on
 
 State keys are hashed once per batch with ``grouprl.advantages.gigpo.state_keys`` (transition keys
 with ``grouprl.advantages.salt.transition_keys``), from the environments' ``state_key()``.
+
+The model may live on any device (sampling runs there, under whatever autocast region the caller
+opened); the returned batch is assembled on the CPU, and the caller moves it (``AgentBatch.to``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -66,12 +70,24 @@ class AgentBatch:
     episode_return: Tensor  # (E,) agent 0's return per environment
     episode_success: Tensor  # (E,) bool
     episode_length: Tensor  # (E,) turns
+    episode_done: Tensor | None = None  # (E,) bool: ended by the environment (terminated), not cut off
+    episode_final_reward: Tensor | None = None  # (E,) agent 0's reward on the step that ended the episode
     model_calls: int = 0
     raw_states: list = field(default_factory=list)
     actions: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.trajectory.shape[0])
+
+    def to(self, device: torch.device | str) -> "AgentBatch":
+        """The batch with its token tensors and per-row fields on ``device`` (episode summaries stay
+        on the host); on the batch's own device every tensor is returned as is."""
+        g = self.gen
+        gen = dataclasses.replace(g, **{f: getattr(g, f).to(device) for f in
+                                        ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs",
+                                         "truncated", "prompt_index")})
+        rows = ("trajectory", "step", "group", "agent", "state_key", "transition_key", "step_rewards", "rewards", "invalid")
+        return dataclasses.replace(self, gen=gen, **{f: getattr(self, f).to(device) for f in rows})
 
 
 def run_episodes(
@@ -111,6 +127,8 @@ def run_episodes(
     r_prompt, r_resp, r_lp, r_env, r_step, r_agent, r_state, r_act, r_next, r_rew, r_inv, texts = ([] for _ in range(12))
     last_row = [[-1] * n_agents for _ in envs]
     success = [False] * len(envs)
+    ended = [False] * len(envs)
+    final = [0.0] * len(envs)
     calls = 0
     while live:
         prompts = [bos + tokenizer.encode(build_prompt(instr, history[i], obs[i], history_len), add_special_tokens=False)
@@ -121,8 +139,8 @@ def run_episodes(
         calls += 1
         lengths = gen.response_mask.sum(dim=1).tolist()
         ids = gen.response_ids.tolist()
-        decoded = tokenizer.batch_decode(gen.response_ids.masked_fill(~gen.response_mask, tokenizer.pad_token_id).tolist(),
-                                         skip_special_tokens=True)
+        turn_lp = gen.logprobs.float().cpu()  # the batch is assembled on the host (one copy per turn)
+        decoded = tokenizer.batch_decode([row[:n] for row, n in zip(ids, lengths)], skip_special_tokens=True)
         still = []
         for j, i in enumerate(live):
             env = envs[i]
@@ -132,7 +150,7 @@ def run_episodes(
             row = len(r_env)
             r_prompt.append(prompts[j])
             r_resp.append(ids[j][: lengths[j]])
-            r_lp.append(gen.logprobs[j, : lengths[j]])
+            r_lp.append(turn_lp[j, : lengths[j]])
             r_env.append(i)
             r_step.append(turns[i])
             r_agent.append(agent)
@@ -146,6 +164,9 @@ def run_episodes(
                 if ra and last_row[i][a] >= 0:
                     r_rew[last_row[i][a]] += float(ra)
             success[i] = success[i] or bool(info.get("success", False))
+            ended[i] = bool(term)
+            if term:
+                final[i] = float(info.get("agent_rewards", [_rew])[0])
             history[i].append((obs[i], info["action"] if info.get("action") is not None else "invalid"))
             obs[i] = nobs
             turns[i] += 1
@@ -174,6 +195,8 @@ def run_episodes(
         agent=agent_t, state_key=state_keys(r_state), transition_key=transition_keys(r_state, r_act, r_next),
         step_rewards=step_rewards, rewards=ret[env_idx * n_agents + agent_t], invalid=torch.tensor(r_inv, dtype=torch.bool),
         texts=texts, episode_return=ret.view(len(envs), n_agents)[:, 0].clone(),
-        episode_success=torch.tensor(success), episode_length=torch.tensor(turns), model_calls=calls,
+        episode_success=torch.tensor(success), episode_length=torch.tensor(turns), episode_done=torch.tensor(ended),
+        episode_final_reward=torch.tensor(final, dtype=torch.float32),
+        model_calls=calls,
         raw_states=r_state, actions=r_act,
     )

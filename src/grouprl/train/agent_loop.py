@@ -11,12 +11,17 @@
                        extras["invalid_action"]); default gigpo
         4. update      the same PPO-style update as the task loop (epochs x mini x micro batches,
                        normalisers per mini-batch, grad clipping, AdamW, LR schedule)
-        5. log, evaluate (greedy success rate on fixed eval seeds), checkpoint
+        5. log, evaluate (fixed held-out eval seeds, greedy and sampled), checkpoint
 
-It reuses the task loop's pieces (run dir, summary, progress bar, forward log-probs) and its
-checkpoint format, so ``--resume`` works the same way. Evaluation rows carry ``acc`` = the greedy
-success rate (for ``grouprl plot`` and the summary), ``sampled_success`` at the training
-temperature, the mean return, the invalid-action rate and the episode length.
+It reuses the task loop's pieces (run dir, summary, progress bar, forward log-probs, update) and
+its checkpoint format, so ``--resume`` works the same way; ``device``, ``precision`` (bf16 autocast
+of rollout, log-prob forwards and update) and LoRA are honoured as in the task loop, through
+``grouprl.train.device``. Evaluation plays the eval seeds EVAL_SEED0 + 0..eval_size-1 (training
+seeds are drawn below EVAL_SEED0, so never overlap) once greedily and once at the training
+temperature, in the environment built with ``env_kwargs`` then ``eval_env_kwargs`` (e.g. a fixed
+opponent for a self-play policy). Rows carry ``acc`` = the greedy success rate (for ``grouprl plot``
+and the summary), ``acc/sampled``, and ``greedy_*``/``sampled_*`` success, return, invalid-action
+rate, episode length and win/draw/loss rates.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from .agent_sft import agent_sft, expert_turns
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import step_generator
+from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, trainable_parameters
 from .logging import JsonlWriter, TensorBoard, truncate_after
 from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, begin_step, update_policy
 
@@ -56,10 +62,11 @@ def agent_batch_to_rollouts(ab: AgentBatch, mask: torch.Tensor, **token_fields: 
     )
 
 
-def _env_factory(cfg: TrainConfig):
+def _env_factory(cfg: TrainConfig, evaluation: bool = False):
+    """A factory of ``cfg.env`` with ``env_kwargs`` (and, for evaluation, ``eval_env_kwargs`` over them)."""
     from ..envs import get_env
 
-    kwargs = dict(cfg.env_kwargs)
+    kwargs = {**cfg.env_kwargs, **(cfg.eval_env_kwargs if evaluation else {})}
     get_env(cfg.env, **kwargs)  # fail early: unknown name (close matches) or bad arguments
     return lambda: get_env(cfg.env, **kwargs)
 
@@ -98,18 +105,31 @@ def _initial_model(cfg: TrainConfig, make_env, run_dir: Path, console: Any):
     return load_pretrained(str(sft_dir))
 
 
-def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_size: int, greedy: bool, gen) -> AgentBatch:
-    return run_episodes(model, tok, make_env, seeds, group_size=group_size, max_turns=cfg.max_turns,
-                        history_len=cfg.history_len, instruction=cfg.instruction, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy, generator=gen)
+def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_size: int, greedy: bool, gen,
+              device: torch.device, amp) -> AgentBatch:
+    """Episodes sampled on ``device`` under ``amp``; the batch comes back on ``device``."""
+    with amp():
+        ab = run_episodes(model, tok, make_env, seeds, group_size=group_size, max_turns=cfg.max_turns,
+                          history_len=cfg.history_len, instruction=cfg.instruction, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy,
+                          generator=None if gen is None else device_generator(gen, device))
+    return ab.to(device)
 
 
 def _episode_metrics(ab: AgentBatch) -> dict[str, float]:
+    """Per-episode means (agent 0). The outcome rates read agent 0's reward on the step that ended
+    the episode (so step penalties such as the invalid-move one do not count): ``win_rate`` > 0,
+    ``loss_rate`` < 0, ``draw_rate`` = 0 (tic-tac-toe: a draw; grid world: a hole); episodes cut off
+    by ``max_turns`` count in none of them."""
+    done, final = ab.episode_done, ab.episode_final_reward
     return {
         "success": float(ab.episode_success.float().mean()),
         "return": float(ab.episode_return.mean()),
         "invalid_rate": float(ab.invalid.float().mean()),
         "episode_len": float(ab.episode_length.float().mean()),
+        "win_rate": float((done & (final > 0)).float().mean()),
+        "draw_rate": float((done & (final == 0)).float().mean()),
+        "loss_rate": float((done & (final < 0)).float().mean()),
     }
 
 
@@ -126,10 +146,16 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
     # -- environment, model, reference, optimizer
     make_env = _env_factory(cfg)
+    make_eval_env = _env_factory(cfg, evaluation=True)
     model, tok = _initial_model(cfg, make_env, run_dir, console)
+    device = resolve_device(cfg.device)  # as the task loop: auto -> CUDA when available
+    precision = resolve_precision(cfg.precision, device)
+    amp = lambda: autocast(device, precision)  # noqa: E731  bf16 forwards; weights, losses stay fp32
+    model = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules,
+                       dropout=cfg.lora_dropout).to(device)
     model.train()
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
     eval_seeds = list(range(EVAL_SEED0, EVAL_SEED0 + cfg.eval_size))
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
@@ -153,11 +179,12 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
-        greedy = _episode_metrics(_episodes(model, tok, make_env, cfg, eval_seeds, 1, True, None))
-        sampled = _episodes(model, tok, make_env, cfg, eval_seeds, 1, False, step_generator(cfg.seed, step, 5))
+        greedy = _episode_metrics(_episodes(model, tok, make_eval_env, cfg, eval_seeds, 1, True, None, device, amp))
+        sampled = _episode_metrics(_episodes(model, tok, make_eval_env, cfg, eval_seeds, 1, False,
+                                             step_generator(cfg.seed, step, 5), device, amp))
         model.train()
         row = {"step": step, "acc": greedy["success"], **{f"greedy_{k}": v for k, v in greedy.items()},
-               "sampled_success": float(sampled.episode_success.float().mean())}
+               **{f"sampled_{k}": v for k, v in sampled.items()}}
         row["acc/sampled"] = row["sampled_success"]  # drawn by `grouprl plot` beside the greedy curve
         eval_log.write(row)
         tb.write("eval", row)
@@ -174,7 +201,8 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         # ---- 1. rollout: prompts_per_step seeds x group_size episodes, lock-step
         t0 = time.perf_counter()
         seeds = torch.randint(EVAL_SEED0, (cfg.prompts_per_step,), generator=step_generator(cfg.seed, step, 3)).tolist()
-        ab = _episodes(model, tok, make_env, cfg, seeds, cfg.group_size, False, step_generator(cfg.seed, step, 1))
+        ab = _episodes(model, tok, make_env, cfg, seeds, cfg.group_size, False, step_generator(cfg.seed, step, 1),
+                       device, amp)
         model.train()
         gen, rows = ab.gen, torch.arange(len(ab))
         times["rollout"] = time.perf_counter() - t0
@@ -182,10 +210,11 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         # ---- 2. old-policy (and reference) log-probs
         t0 = time.perf_counter()
         mask = gen.response_mask
-        old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
-        if cfg.old_logprobs == "sampling":
-            old_lp = gen.logprobs
-        ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
+        with amp():
+            old_lp, entropy = _forward_logprobs(model, gen, rows, cfg, entropy=True)
+            if cfg.old_logprobs == "sampling":
+                old_lp = gen.logprobs
+            ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
         times["logprobs"] = time.perf_counter() - t0
 
         # ---- 3. advantages on the step-level batch
@@ -199,7 +228,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
         t0 = time.perf_counter()
         loss_sums, grad_norms, n_updates = update_policy(
             model, optimizer, gen, cfg, old_lp=old_lp, adv=adv, loss_mask=mask, ref_lp=ref_lp,
-            generator=step_generator(cfg.seed, step, 2), norm_const=norm_const)
+            generator=step_generator(cfg.seed, step, 2), norm_const=norm_const, amp=amp)
         times["update"] = time.perf_counter() - t0
 
         # ---- 5. metrics, evaluation, checkpoint

@@ -132,6 +132,10 @@ class TrainConfig(BaseModel):
     # multi-turn agents (grouprl.train.agent_loop, selected by env=<name>; docs/agents.md)
     env: str | None = Field(None, description="train an agent in this text environment (grouprl.envs) instead of a task")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the environment")
+    eval_env_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="env arguments of evaluation episodes, over env_kwargs (e.g. {opponent: random} for a self-play policy)",
+    )
     max_turns: int = Field(10, ge=1, description="turns per episode (env runs)")
     history_len: int = Field(2, ge=0, description="past (observation, action) turns shown in the prompt (env runs)")
     instruction: str | None = Field(None, description="task instruction of env prompts (default: the env's action_prompt)")
