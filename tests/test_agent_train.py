@@ -113,20 +113,11 @@ def test_agent_loop_auto_device_is_the_cpu_path(tmp_path):
 
 def test_agent_loop_lora_trains_only_adapters(tmp_path):
     pytest.importorskip("peft")
-    import torch
-    from safetensors.torch import load_file
-
-    from grouprl.models import build_model, build_tokenizer
+    from test_device import assert_adapters_trained_base_frozen
 
     train(_cfg(tmp_path, "lora", model="tiny", lora_rank=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],
                lr=1e-2, steps=1, save_every=1))  # gigpo: the invalid-action penalty gives a gradient
-    ck = load_file(str(tmp_path / "lora" / "checkpoints" / "step_000001" / "model.safetensors"))
-    lora_b = [k for k in ck if "lora_B" in k]
-    assert lora_b and any(ck[k].abs().sum() > 0 for k in lora_b)  # B starts at 0: the adapters were trained
-    base = build_model("tiny", build_tokenizer("char"), seed=0).state_dict()
-    q = next(k for k in ck if k.endswith("q_proj.base_layer.weight"))
-    layer = q.split("layers.")[1].split(".")[0]
-    assert torch.equal(ck[q], base[f"model.layers.{layer}.self_attn.q_proj.weight"])  # base frozen
+    assert_adapters_trained_base_frozen(tmp_path / "lora" / "checkpoints" / "step_000001")
 
 
 def test_eval_env_kwargs_evaluate_selfplay_against_a_fixed_opponent(tmp_path):

@@ -198,3 +198,17 @@ def test_cli_sft_then_train_from_it(tmp_path):
     assert len(read_jsonl(run / "metrics.jsonl")) == 1
     res = CliRunner().invoke(app, ["train", "init=/no/such/dir", "name=bad-init", *words])
     assert res.exit_code == 2 and "init" in res.output
+
+
+def test_sft_target_missed_is_warned_and_recorded(tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    cfg = build_config(tiny_overrides(tmp_path, name="target", steps=1, sft_steps=2, sft_target_acc=0.9,
+                                      sft_check_every=1, sft_val_size=8))
+    summary = train(cfg, console=console)
+    log = read_jsonl(tmp_path / "runs" / "target" / "sft" / "sft_log.jsonl")
+    assert [r["step"] for r in log] == [0, 1] and all("val_acc" in r for r in log)
+    assert summary["sft_steps_run"] == 2 and summary["sft_missed_target"] is True
+    assert summary["sft_val_acc"] == log[-1]["val_acc"] < 0.9
+    assert "sft_target_acc=0.9" in " ".join(console.export_text().split())

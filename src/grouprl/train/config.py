@@ -38,19 +38,19 @@ class TrainConfig(BaseModel):
         "auto", description="forward/backward autocast: auto (bf16 on a bf16 GPU, else fp32); weights stay fp32"
     )
     # task and model
-    task: str = Field("add2", description="task name (grouprl.tasks.get_task)")
+    task: str = Field("add3r", description="task name (grouprl.tasks.get_task); add3r: 3-digit addition, answer reversed")
     task_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="task constructor arguments, e.g. train_size (arithmetic) or size (rg:)"
     )
     model: str = Field("1M", description="model preset (1M, 5M, 20M) or a local HF checkpoint dir")
     init: str | None = Field(None, description="start RL from this checkpoint dir (e.g. an SFT run's output)")
     # warm start (SFT on the task's reference answers), run before RL when init is unset
-    sft_steps: int = Field(600, ge=0, description="SFT steps before RL when init is unset (0 = none)")
+    sft_steps: int = Field(3000, ge=0, description="SFT steps before RL when init is unset (0 = none); the cap when sft_target_acc > 0")
     sft_batch_size: int = Field(64, ge=1)
-    sft_lr: float = Field(3e-3, gt=0)
+    sft_lr: float = Field(1e-3, gt=0)
     sft_warmup_steps: int = Field(20, ge=0)
     sft_target_acc: float = Field(
-        0.0, ge=0, le=1, description="SFT until greedy accuracy on a validation slice of the train pool reaches this "
+        0.4, ge=0, le=1, description="SFT until greedy accuracy on a validation slice of the train pool reaches this "
         "(constant lr, at most sft_steps steps); 0 = a fixed sft_steps with cosine decay"
     )
     sft_check_every: int = Field(100, ge=1, description="SFT steps between validation checks (sft_target_acc > 0)")
@@ -94,8 +94,8 @@ class TrainConfig(BaseModel):
         default_factory=list, description="MaxMin: reward functions ('task' or 'module:function'), one per user group"
     )
     # optimisation
-    steps: int = Field(100, ge=0, description="RL steps")
-    lr: float = Field(5e-5, gt=0)
+    steps: int = Field(200, ge=0, description="RL steps")
+    lr: float = Field(1e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of lr")
@@ -115,7 +115,7 @@ class TrainConfig(BaseModel):
         description="module names that get adapters",
     )
     # evaluation
-    eval_every: int = Field(10, ge=0, description="evaluate every N RL steps (0 = only start and end)")
+    eval_every: int = Field(25, ge=0, description="evaluate every N RL steps (0 = only start and end)")
     eval_size: int = Field(500, ge=1, description="evaluate on N evenly spaced examples of the task's fixed eval set")
     pass_k: int = Field(4, ge=1, description="k of the sampled pass@k")
     pass_k_size: int = Field(50, ge=0, description="eval examples used for pass@k (0 = skip)")

@@ -126,6 +126,9 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
         (sft_dir / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
         if console is not None:
             console.print(f"SFT: {sft_summary(hist)}, {time.perf_counter() - t0:.0f}s -> {sft_dir}")
+            missed = _sft_missed_target(cfg, hist)
+            if missed:
+                console.print(f"[bold yellow]warning:[/] {missed}")
     return load_pretrained(str(sft_dir))
 
 
@@ -558,11 +561,26 @@ def _scalars(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _sft_missed_target(cfg: TrainConfig, hist: list[dict[str, Any]]) -> str | None:
+    """A warning when SFT ran out of steps below ``sft_target_acc`` (None when it reached it or had none)."""
+    checked = [r["val_acc"] for r in hist if "val_acc" in r]
+    if not cfg.sft_target_acc or not checked or checked[-1] >= cfg.sft_target_acc:
+        return None
+    return (f"SFT used all sft_steps={cfg.sft_steps} and reached validation accuracy {checked[-1]:.3f} < "
+            f"sft_target_acc={cfg.sft_target_acc}; RL from a warm start this weak rarely helps (docs/training.md). "
+            "Raise sft_steps, or try another seed.")
+
+
 def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     evals = read_jsonl(run_dir / "eval.jsonl")
     metrics = read_jsonl(run_dir / "metrics.jsonl")
+    sft_log = read_jsonl(run_dir / "sft" / "sft_log.jsonl")  # [] when RL started from init=
+    sft_checks = [r["val_acc"] for r in sft_log if "val_acc" in r]
     first, final = (evals[0] if evals else {}), (evals[-1] if evals else {})
     return {
+        "sft_steps_run": len(sft_log),
+        "sft_val_acc": sft_checks[-1] if sft_checks else None,
+        "sft_missed_target": _sft_missed_target(cfg, sft_log) is not None,
         "run_dir": str(run_dir),
         "steps": cfg.steps,
         "estimator": cfg.estimator,
