@@ -136,3 +136,14 @@ def test_spo_chain_unfinished_reward(tmp_path):
     ctx = CreditContext(torch.nn.Linear(1, 1), cfg, 2, lambda gen: torch.tensor([0.5, 0.5]), torch.Generator())
     assert credit._score(ctx)(g).tolist() == [-1.0, 0.5]
     assert SpoChainCredit(cfg, torch.nn.Linear(1, 1))._score(ctx)(g).tolist() == [0.5, 0.5]
+
+
+def test_value_head_is_built_on_the_policy_device():
+    """The critic's head sits beside its body (on a GPU the policy is moved before the critic is built);
+    checked with torch's meta device, which needs no GPU."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    pol = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       num_key_value_heads=1, intermediate_size=32)).to("meta")
+    vm = ValueModel(pol)
+    assert {p.device.type for p in vm.parameters()} == {"meta"}

@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     init: str | None = Field(None, description="start RL from this checkpoint dir (e.g. an SFT run's output)")
     # warm start (SFT on the task's reference answers), run before RL when init is unset
     sft_steps: int = Field(3000, ge=0, description="SFT steps before RL when init is unset (0 = none); the cap when sft_target_acc > 0")
-    sft_batch_size: int = Field(64, ge=1)
+    sft_batch_size: int = Field(128, ge=1)
     sft_lr: float = Field(1e-3, gt=0)
     sft_warmup_steps: int = Field(20, ge=0)
     sft_target_acc: float = Field(

@@ -279,7 +279,7 @@ class ValueModel(torch.nn.Module):
         super().__init__()
         self.body = copy.deepcopy(getattr(policy, "base_model", policy))
         hidden = int(policy.config.hidden_size)
-        self.head = torch.nn.Linear(hidden, 1)
+        self.head = torch.nn.Linear(hidden, 1, device=next(policy.parameters()).device)  # beside the body (CUDA too)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
