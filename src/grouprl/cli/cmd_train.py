@@ -106,6 +106,7 @@ def sft(ctx: typer.Context) -> None:
     from ..train.data import evaluate, step_generator
     from ..train.loop import eval_subset, load_task, make_guard
     from ..train.sft import sft as run_sft
+    from ..train.device import resolve_device
     from ..train.sft import print_checks, sft_kwargs, sft_summary
 
     console = Console()
@@ -126,6 +127,7 @@ def sft(ctx: typer.Context) -> None:
     else:
         model, tok = load_pretrained(cfg.model)
     t0 = time.perf_counter()
+    model.to(resolve_device(cfg.device))
     hist = run_sft(model, tok, task, **sft_kwargs(cfg), on_step=print_checks(console))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_pretrained(model, tok, str(out))

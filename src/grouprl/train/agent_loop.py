@@ -96,6 +96,7 @@ def _initial_model(cfg: TrainConfig, make_env, run_dir: Path, console: Any):
         pairs = expert_turns(make_env, cfg.env, list(range(SFT_SEED0, SFT_SEED0 + SFT_EPISODES)), noise=cfg.expert_noise,
                              max_turns=cfg.max_turns, history_len=cfg.history_len, instruction=cfg.instruction,
                              seed=cfg.seed)
+        model.to(resolve_device(cfg.device))  # the warm start trains on the GPU too
         hist = agent_sft(model, tok, pairs, steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, lr=cfg.sft_lr,
                          warmup_steps=cfg.sft_warmup_steps, seed=cfg.seed)
         save_pretrained(model, tok, sft_dir)

@@ -121,6 +121,7 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
         else:
             model, tok = load_pretrained(cfg.model)
         t0 = time.perf_counter()
+        model.to(resolve_device(cfg.device))  # the warm start trains on the GPU too
         hist = sft(model, tok, task, **sft_kwargs(cfg), on_step=print_checks(console))
         save_pretrained(model, tok, sft_dir)
         (sft_dir / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))

@@ -146,6 +146,7 @@ def sft_on_tokens(
     """The SFT loop on token ids: cross-entropy of ``answers[i]`` given ``prompts[i]`` (answer tokens
     only), batches drawn uniformly with the (seed, step, stream) generator, AdamW, warmup + cosine
     (or constant). ``stop(step, row)`` returning True ends training after that step."""
+    device = next(model.parameters()).device  # SFT runs where the model is (the trainers move it first)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     model.train()
     history = []
@@ -156,6 +157,7 @@ def sft_on_tokens(
         T = max(len(answers[i]) for i in idx)
         r_ids = torch.stack([pad_right(torch.tensor(answers[i]), T, tokenizer.pad_token_id) for i in idx])
         r_mask = torch.stack([torch.arange(T) < len(answers[i]) for i in idx])
+        p_ids, p_mask, r_ids, r_mask = (t.to(device) for t in (p_ids, p_mask, r_ids, r_mask))
         cur = lr_at(step, base=lr, total=steps, warmup=warmup_steps, schedule=schedule, min_ratio=0.1)
         for group in opt.param_groups:
             group["lr"] = cur
