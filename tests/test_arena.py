@@ -207,7 +207,7 @@ def test_cli_report_and_errors(mini, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r" / "report.html").exists()
     r = CliRunner().invoke(app, ["report", str(tmp_path)])
-    assert r.exit_code == 2 and "no arena.db" in " ".join(r.output.split())  # rich wraps long paths
+    assert r.exit_code == 2 and "neither arena.db (an arena run) nor config.yaml" in " ".join(r.output.split())  # rich wraps
     r = CliRunner().invoke(app, ["arena"])
     assert r.exit_code == 2 and "--preset" in " ".join(r.output.split())
     with pytest.raises(ArenaError, match="already holds an arena run"):

@@ -36,7 +36,8 @@ def test_split_sizes():
     assert (len(get_task("add1").train_pool), len(get_task("add1").eval_examples)) == (80, 20)  # all 100 pairs
     t = get_task("add3", train_size=500, eval_size=300)
     assert (len(t.train_pool), len(t.eval_examples)) == (500, 300)
-    assert len(get_task("add2").eval_examples) == 200 and len(get_task("add2").train_pool) == 9900 - 200
+    assert len(get_task("add2").eval_examples) == 1000 and len(get_task("add2").train_pool) == 9900 - 1000
+    assert len(get_task("add3r").eval_examples) == 1000  # the default: 1,000 held-out prompts
 
 
 def test_seed_determinism_and_fixed_eval_split():

@@ -17,7 +17,6 @@ Everything is read from the arena's SQLite store. Sections:
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..reporting import render_html, render_markdown
 from .runner import DB_NAME
 from .stats import bootstrap_band, bootstrap_ci, holm, min_p_value, paired_test, ranks
 from .store import ArenaStore
@@ -56,7 +56,8 @@ class ReportData:
 def _load(run: Path) -> ReportData:
     db = run / DB_NAME
     if not db.is_file():
-        raise FileNotFoundError(f"{run}: no {DB_NAME}; give an arena run directory (out_dir/name)")
+        raise FileNotFoundError(f"{run}: neither {DB_NAME} (an arena run) nor config.yaml (a training run) is there; "
+                                "give a run directory")
     store = ArenaStore(db)
     meta = store.meta()
     return ReportData(spec=meta["spec"], meta=meta, cells=store.cells(), store=store)
@@ -307,52 +308,6 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
-# ---------------------------------------------------------------------------- rendering
-def _md(blocks: list[tuple]) -> str:
-    out = []
-    for b in blocks:
-        kind = b[0]
-        if kind == "h1":
-            out.append(f"# {b[1]}\n")
-        elif kind == "h2":
-            out.append(f"## {b[1]}\n")
-        elif kind == "p":
-            out.append(b[1] + "\n")
-        elif kind == "img":
-            out.append(f"![{b[2]}]({b[1]})\n")
-        elif kind == "table":
-            headers, rows = b[1], b[2]
-            lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-            out.append("\n".join(lines) + "\n")
-    return "\n".join(out)
-
-
-def _inline_html(text: str) -> str:
-    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))
-
-
-def _html(blocks: list[tuple], title: str) -> str:
-    body = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{_inline_html(b[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline_html(b[1])}</p>")
-        elif kind == "img":
-            body.append(f'<img src="{html.escape(b[1])}" alt="{html.escape(b[2])}">')
-        elif kind == "table":
-            head = "".join(f"<th>{_inline_html(h)}</th>" for h in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in b[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-             "th{background:#f3f3f3}code{background:#f6f6f6;padding:0 .2em}img{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 def write_report(run: str | Path, out_dir: str | Path | None = None, *, figures: str = "figures",
                  seed: int = 0) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and PNG figures (under ``out_dir/figures``) for an arena
@@ -366,6 +321,6 @@ def write_report(run: str | Path, out_dir: str | Path | None = None, *, figures:
     finally:
         data.store.close()
     md, page = out / "report.md", out / "report.html"
-    md.write_text(_md(blocks))
-    page.write_text(_html(blocks, f"Arena report: {data.spec['name']}"))
+    md.write_text(render_markdown(blocks))
+    page.write_text(render_html(blocks, f"Arena report: {data.spec['name']}"))
     return {"markdown": md, "html": page, "figures": out / figures}

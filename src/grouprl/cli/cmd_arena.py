@@ -56,15 +56,23 @@ def arena(
 
 @app.command("report")
 def report_cmd(
-    run: Path = typer.Argument(..., help="arena run directory (holds arena.db)"),
+    run: Path = typer.Argument(..., help="arena run directory (holds arena.db) or training run directory (config.yaml)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default RUN/report)"),
     export_data: bool = typer.Option(True, "--export/--no-export", help="also (re)write CSV/Parquet exports to RUN/export"),
 ) -> None:
-    """Markdown + HTML report of an arena run with PNG figures, confidence intervals and tests."""
+    """Markdown + HTML report of an arena run (figures, confidence intervals, tests) or of one training
+    run (curves, evaluation table, summary, config, versions)."""
     from ..arena import export
     from ..arena.report import write_report
+    from ..arena.runner import DB_NAME
 
     console = Console()
+    if not (run / DB_NAME).is_file() and (run / "config.yaml").is_file():
+        from ..train.run_report import write_run_report
+
+        paths = write_run_report(run, out)
+        console.print(f"wrote {paths['markdown']}, {paths['html']} and figures in {paths['figures']}")
+        return
     try:
         paths = write_report(run, out)
     except FileNotFoundError as exc:

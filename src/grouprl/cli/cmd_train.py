@@ -107,7 +107,7 @@ def sft(ctx: typer.Context) -> None:
     from ..train.loop import eval_subset, load_task, make_guard
     from ..train.sft import sft as run_sft
     from ..train.device import resolve_device
-    from ..train.sft import print_checks, sft_kwargs, sft_summary
+    from ..train.sft import sft_kwargs, sft_progress, sft_summary
 
     console = Console()
     try:
@@ -128,7 +128,9 @@ def sft(ctx: typer.Context) -> None:
         model, tok = load_pretrained(cfg.model)
     t0 = time.perf_counter()
     model.to(resolve_device(cfg.device))
-    hist = run_sft(model, tok, task, **sft_kwargs(cfg), on_step=print_checks(console))
+    with sft_progress(console, steps=cfg.sft_steps, target=cfg.sft_target_acc or None,
+                      enabled=cfg.progress) as on_step:
+        hist = run_sft(model, tok, task, **sft_kwargs(cfg), on_step=on_step)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_pretrained(model, tok, str(out))
     guard = make_guard(cfg, task)

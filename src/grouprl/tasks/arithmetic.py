@@ -59,7 +59,8 @@ class Arithmetic(Task):
         digits: 1, 2 or 3 (more works, the pool is sampled).
         seed: orders and samples the training pool.
         train_size: the pool size cap (all remaining pairs when fewer).
-        eval_size: held-out prompts, capped at a fifth of all pairs (add1 has 100 pairs: 20 eval).
+        eval_size: held-out prompts, capped at a fifth of all pairs (add1 has 100 pairs: 20 eval). The
+            default 1,000 keeps one run's binomial standard error of accuracy at or below 0.016.
         split_seed: picks the eval split; keep the default to compare runs.
         reverse: the answer is written least-significant digit first (``"23+49="`` -> ``"27"``),
             the format in which small transformers learn addition much faster (Lee et al. 2023,
@@ -75,7 +76,7 @@ class Arithmetic(Task):
         *,
         seed: int = 0,
         train_size: int = 200_000,
-        eval_size: int = 200,
+        eval_size: int = 1000,
         split_seed: int = 0,
         reverse: bool = False,
         name: str | None = None,

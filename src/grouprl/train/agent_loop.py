@@ -48,6 +48,7 @@ from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_ru
 
 __all__ = ["train_agent", "agent_batch_to_rollouts", "EVAL_SEED0", "SFT_SEED0"]
 
+ENV_EVAL_EPISODES = 500  # evaluation episodes when eval_size is unset
 EVAL_SEED0 = 1_000_000  # eval seeds: EVAL_SEED0 + 0..eval_size-1 (train seeds are drawn below it)
 SFT_SEED0 = 2_000_000  # seeds of the warm-start expert episodes
 SFT_EPISODES = 256
@@ -158,7 +159,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
-    eval_seeds = list(range(EVAL_SEED0, EVAL_SEED0 + cfg.eval_size))
+    eval_seeds = list(range(EVAL_SEED0, EVAL_SEED0 + (cfg.eval_size or ENV_EVAL_EPISODES)))
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
 
     # -- resume or start

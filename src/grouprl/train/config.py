@@ -44,6 +44,11 @@ class TrainConfig(BaseModel):
     )
     model: str = Field("1M", description="model preset (1M, 5M, 20M) or a local HF checkpoint dir")
     init: str | None = Field(None, description="start RL from this checkpoint dir (e.g. an SFT run's output)")
+    warm_start: Literal["auto", "shipped", "sft"] = Field(
+        "auto", description="where RL starts when init is unset: auto = the warm start shipped with grouprl for this "
+        "task and model when there is one and no sft_* field is changed, else SFT; shipped = require it; sft = always SFT "
+        "(grouprl.warmstarts)"
+    )
     # warm start (SFT on the task's reference answers), run before RL when init is unset
     sft_steps: int = Field(3000, ge=0, description="SFT steps before RL when init is unset (0 = none); the cap when sft_target_acc > 0")
     sft_batch_size: int = Field(128, ge=1)
@@ -116,7 +121,10 @@ class TrainConfig(BaseModel):
     )
     # evaluation
     eval_every: int = Field(25, ge=0, description="evaluate every N RL steps (0 = only start and end)")
-    eval_size: int = Field(500, ge=1, description="evaluate on N evenly spaced examples of the task's fixed eval set")
+    eval_size: int | None = Field(
+        None, ge=1, description="evaluate on N evenly spaced examples of the task's fixed eval set (default: all of it, "
+        "1,000 for the arithmetic tasks); env runs: N episodes (default 500)"
+    )
     pass_k: int = Field(4, ge=1, description="k of the sampled pass@k")
     pass_k_size: int = Field(50, ge=0, description="eval examples used for pass@k (0 = skip)")
     # output
@@ -205,6 +213,20 @@ class TrainConfig(BaseModel):
                 f"rollout_is={self.rollout_is} needs old_logprobs=recompute or auto (with old_logprobs=sampling the "
                 "weights are all 1); set old_logprobs=recompute or rollout_is=none"
             )
+        if self.warm_start == "shipped" and self.init is not None:
+            raise ValueError("warm_start=shipped and init are both set; RL starts from one of them: drop init, or "
+                             "set warm_start=auto")
+        if self.warm_start == "shipped" and self.env is not None:
+            raise ValueError(f"warm_start=shipped: no warm start is shipped for environments (env={self.env}); "
+                             "use warm_start=auto (an SFT warm start on the environment's expert)")
+        if self.warm_start == "shipped":
+            from .. import warmstarts
+
+            if warmstarts.find(self.task, self.model, self.task_kwargs) is None:
+                why = "; ".join(f"{ws.name}: {ws.fits(self.task, self.model, self.task_kwargs)}"
+                                for ws in warmstarts.shipped().values())
+                raise ValueError(f"warm_start=shipped: no shipped warm start fits task={self.task} model={self.model} "
+                                 f"({why or 'none shipped'}); use warm_start=auto or sft")
         if self.mini_batches > self.prompts_per_step * self.group_size:
             raise ValueError(
                 f"mini_batches={self.mini_batches} exceeds the rows per step "

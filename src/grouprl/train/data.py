@@ -67,7 +67,8 @@ def evaluate(
     generator: torch.Generator,
     chunk: int = 256,
 ) -> dict[str, float]:
-    """Greedy accuracy (overall and per data_group) and sampled pass@k on a fixed example list."""
+    """Greedy accuracy (overall and per data_group) on a fixed example list, with ``n`` the number of
+    examples scored; sampled pass@k and accuracy on its first ``pass_k_size`` (``n_sampled``)."""
     prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
     correct = []
     for s in range(0, len(prompts), chunk):
@@ -78,7 +79,7 @@ def evaluate(
         rewards, _ = guard.score_batch(list(examples[s : s + chunk]), decode_responses(tokenizer, gen))
         correct.append(rewards >= CORRECT)
     ok = torch.cat(correct).float()
-    out: dict[str, float] = {"acc": float(ok.mean())}
+    out: dict[str, float] = {"n": len(examples), "acc": float(ok.mean())}
     groups = sorted({e.data_group for e in examples if e.data_group is not None})
     if len(groups) > 1:
         for g in groups:
@@ -94,6 +95,7 @@ def evaluate(
         rows = [examples[i] for i in range(n) for _ in range(pass_k)]
         rewards, _ = guard.score_batch(rows, decode_responses(tokenizer, gen))
         hit = (rewards >= CORRECT).view(n, pass_k)
+        out["n_sampled"] = n
         out[f"pass@{pass_k}"] = float(hit.any(dim=1).float().mean())
         out["sampled_acc"] = float(hit.float().mean())
     return out

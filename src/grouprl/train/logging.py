@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlWriter", "read_jsonl", "truncate_after", "TensorBoard"]
+__all__ = ["JsonlWriter", "read_jsonl", "truncate_after", "TensorBoard", "environment_versions"]
 
 
 def _clean(v: Any) -> Any:
@@ -105,3 +105,20 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def environment_versions() -> dict[str, Any]:
+    """The versions a run's numbers depend on (recorded in summary.json, shown by ``grouprl report``)."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    out: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("grouprl", "torch", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    out["torch_threads"] = torch.get_num_threads()
+    return out

@@ -36,17 +36,18 @@ import yaml
 
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
+from .. import warmstarts
 from ..rollout import Generation, response_logprobs, sample
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .credit import CreditContext, make_credit
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
 from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, step_generator
-from .logging import JsonlWriter, TensorBoard, read_jsonl, truncate_after
+from .logging import JsonlWriter, TensorBoard, environment_versions, read_jsonl, truncate_after
 from .methods import MethodHooks, reward_component_fns
 from .reports import format_group_table, group_report, ranking_report, sampler_calibration
 from .sampler import get_sampler, load_sampler_state, sampler_state
-from .sft import lr_at, print_checks, sft, sft_kwargs, sft_summary
+from .sft import lr_at, sft, sft_kwargs, sft_progress, sft_summary
 
 __all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source"]
 
@@ -90,14 +91,43 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
     return build_config(values)
 
 
+_SFT_FIELDS = tuple(f for f in TrainConfig.model_fields if f.startswith("sft_"))
+
+
 def _is_preset(name: str) -> bool:
     from ..models import PRESETS
 
     return name in PRESETS
 
 
+def shipped_warm_start(cfg: TrainConfig) -> "warmstarts.WarmStart | None":
+    """The warm start shipped with grouprl that RL starts from, or None (``init``, SFT or a bare model).
+
+    ``warm_start=auto`` takes it when one fits the task and model (``grouprl.warmstarts``) and no
+    ``sft_*`` field differs from its default (a changed SFT setting asks for an SFT run);
+    ``warm_start=shipped`` requires one (the config validator refuses a config without a fit)."""
+    if cfg.init is not None or cfg.warm_start == "sft":
+        return None
+    ws = warmstarts.find(cfg.task, cfg.model, cfg.task_kwargs)
+    if cfg.warm_start == "shipped":
+        return ws
+    changed = [f for f in _SFT_FIELDS if getattr(cfg, f) != TrainConfig.model_fields[f].default]
+    return None if changed else ws
+
+
+def warm_start_info(cfg: TrainConfig) -> dict[str, Any]:
+    """Where RL starts, for summary.json: source (init, shipped, sft or none) and what identifies it."""
+    if cfg.init is not None:
+        return {"source": "init", "path": str(cfg.init)}
+    ws = shipped_warm_start(cfg)
+    if ws is not None:
+        return {"source": "shipped", "name": ws.name, "sha256": ws.manifest["files"].get("model.safetensors")}
+    return {"source": "sft" if cfg.sft_steps > 0 else "none"}
+
+
 def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any = None):
-    """The policy RL starts from: ``init`` if given, else the preset/HF dir, SFT-ed when sft_steps > 0.
+    """The policy RL starts from: ``init`` if given, else a shipped warm start (:func:`shipped_warm_start`),
+    else the preset/HF dir, SFT-ed when sft_steps > 0.
 
     The SFT result is saved to ``run_dir/sft`` (and reused by a resume); RL always starts from the
     weights as loaded from disk, so an uninterrupted and a resumed run start from the same model.
@@ -108,6 +138,15 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
         if not Path(cfg.init).is_dir():
             raise ConfigError(f"init: {cfg.init!r} is not a directory; pass a checkpoint dir saved by `grouprl sft`.")
         return load_pretrained(cfg.init)
+    ws = shipped_warm_start(cfg)
+    if ws is not None:
+        try:
+            warmstarts.verify(ws)
+        except warmstarts.WarmStartError as exc:
+            raise ConfigError(str(exc)) from None
+        if console is not None:
+            console.print(f"warm start: {ws.describe()}; `warm_start=sft` trains one instead")
+        return load_pretrained(str(ws.path))
     if cfg.sft_steps == 0:
         if _is_preset(cfg.model):
             tok = build_tokenizer("char")
@@ -122,7 +161,9 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
             model, tok = load_pretrained(cfg.model)
         t0 = time.perf_counter()
         model.to(resolve_device(cfg.device))  # the warm start trains on the GPU too
-        hist = sft(model, tok, task, **sft_kwargs(cfg), on_step=print_checks(console))
+        with sft_progress(console, steps=cfg.sft_steps, target=cfg.sft_target_acc or None,
+                          enabled=cfg.progress) as on_step:
+            hist = sft(model, tok, task, **sft_kwargs(cfg), on_step=on_step)
         save_pretrained(model, tok, sft_dir)
         (sft_dir / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
         if console is not None:
@@ -171,11 +212,12 @@ def make_guard(cfg: TrainConfig, task: Any):
                        trusted=bool(getattr(task, "trusted", False)))
 
 
-def eval_subset(task: Any, size: int) -> list:
+def eval_subset(task: Any, size: int | None) -> list:
     """A fixed, seed-independent subset of the task's held-out examples: evenly spaced indices, so
-    every sub-task keeps its share and runs with different seeds are evaluated on the same set."""
+    every sub-task keeps its share and runs with different seeds are evaluated on the same set
+    (``size=None``: all of them)."""
     examples = list(task.eval_examples)
-    if size >= len(examples):
+    if size is None or size >= len(examples):
         return examples
     idx = torch.linspace(0, len(examples) - 1, size).round().long().unique().tolist()
     return [examples[i] for i in idx]
@@ -338,6 +380,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     task = load_task(cfg)
     pool = list(task.train_pool)
     eval_set = eval_subset(task, cfg.eval_size)
+    if console is not None and cfg.eval_size is not None and cfg.eval_size > len(eval_set):
+        console.print(f"note: eval_size={cfg.eval_size}, but task {cfg.task} holds {len(eval_set)} held-out examples; "
+                      f"evaluating on {len(eval_set)} (each eval.jsonl row records n)")
     guard = make_guard(cfg, task)
     model, tok = load_initial_model(cfg, task, run_dir, console)
     device = resolve_device(cfg.device)  # grouprl.train.device: auto -> CUDA when available
@@ -579,7 +624,9 @@ def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     sft_checks = [r["val_acc"] for r in sft_log if "val_acc" in r]
     first, final = (evals[0] if evals else {}), (evals[-1] if evals else {})
     return {
+        "warm_start": warm_start_info(cfg),
         "sft_steps_run": len(sft_log),
+        "sft_seconds": sft_log[-1].get("time/elapsed") if sft_log else None,
         "sft_val_acc": sft_checks[-1] if sft_checks else None,
         "sft_missed_target": _sft_missed_target(cfg, sft_log) is not None,
         "run_dir": str(run_dir),
@@ -591,12 +638,14 @@ def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "warm_start_acc": first.get("acc"),
         "final_acc": final.get("acc"),
+        "eval_n": final.get("n"),
         "best_acc": max((e.get("acc", 0.0) for e in evals), default=None),
         f"final_pass@{cfg.pass_k}": final.get(f"pass@{cfg.pass_k}"),
         "final_eval": final,
         "mean_reward_last10": (sum(m["reward"] for m in metrics[-10:]) / len(metrics[-10:])) if metrics else None,
         "reward_failures_total": metrics[-1]["reward_failures_total"] if metrics else 0,
         "train_seconds": sum(m.get("time/step", 0.0) for m in metrics),
+        "versions": environment_versions(),
     }
 
 

@@ -58,7 +58,10 @@ def format_group_table(step: int, report: dict[str, Any]) -> str:
     w = max([5] + [len(r["group"]) for r in report["groups"]])
     lines = [f"eval step {step}: per data_group accuracy", f"  {'group':<{w}}  {'acc':>6}  {'n':>5}"]
     lines += [f"  {r['group']:<{w}}  {r['acc']:>6.3f}  {r['n']:>5d}" for r in report["groups"]]
-    lines.append(f"  worst {report['group/worst']:.3f}  p20 {report['group/p20']:.3f}  gini {report['group/gini']:.3f}")
+    if len(report["groups"]) == 1:  # worst / p20 / Gini compare groups: nothing to compare
+        lines.append("  one group: no across-group summary")
+    else:
+        lines.append(f"  worst {report['group/worst']:.3f}  p20 {report['group/p20']:.3f}  gini {report['group/gini']:.3f}")
     return "\n".join(lines)
 
 

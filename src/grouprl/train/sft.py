@@ -15,15 +15,17 @@ dependent jump after a long plateau, so a fixed step count gives warm starts any
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..rollout import left_pad, pad_right, response_logprobs
 from .data import CORRECT, LazyTokens, decode_responses, encode_answers, encode_prompts, step_generator
 
-__all__ = ["sft", "sft_kwargs", "sft_on_tokens", "sft_summary", "print_checks", "lr_at"]
+__all__ = ["sft", "sft_kwargs", "sft_on_tokens", "sft_summary", "print_checks", "sft_progress", "lr_at"]
 
 
 def lr_at(step: int, *, base: float, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -102,6 +104,36 @@ def print_checks(console: Any) -> Callable[[int, dict[str, float]], None] | None
     return on_step
 
 
+@contextlib.contextmanager
+def sft_progress(console: Any, *, steps: int, target: float | None, enabled: bool = True
+                 ) -> Iterator[Callable[[int, dict[str, float]], None] | None]:
+    """An ``on_step`` for :func:`sft` that prints each validation check (:func:`print_checks`) and,
+    when ``enabled``, drives a rich progress bar with ETA, live loss and validation accuracy (with a
+    target, the bar's total is the ``steps`` cap: SFT usually stops earlier)."""
+    checks = print_checks(console)
+    if console is None or not enabled or steps == 0:
+        yield checks
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    label = "SFT" if target is None else f"SFT to val acc {target:g} (cap)"
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"), console=console)
+    task = bar.add_task("", total=steps)
+    val = "-"
+
+    def on_step(step: int, row: dict[str, float]) -> None:
+        nonlocal val
+        if "val_acc" in row:
+            val = f"{row['val_acc']:.3f}"
+            if checks is not None:
+                checks(step, row)
+        bar.update(task, completed=step + 1, description=f"loss {row['loss']:.3f}  val acc {val}")
+
+    with bar:
+        yield on_step
+
+
 def _target_check(model: torch.nn.Module, tokenizer: Any, task: Any, val: list, target: float, every: int,
                   max_new_tokens: int) -> Callable[[int, dict[str, float]], bool]:
     """``stop(step, row)``: every ``every`` steps, greedy accuracy on ``val`` into ``row["val_acc"]``;
@@ -150,6 +182,7 @@ def sft_on_tokens(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     model.train()
     history = []
+    t_start = time.perf_counter()
     for step in range(steps):
         g = step_generator(seed, step, stream)
         idx = torch.randint(len(prompts), (batch_size,), generator=g).tolist()
@@ -169,6 +202,7 @@ def sft_on_tokens(
         opt.step()
         row = {"step": step, "loss": loss.item(), "lr": cur}
         done = stop is not None and stop(step, row)
+        row["time/elapsed"] = time.perf_counter() - t_start  # wall seconds since SFT began
         history.append(row)
         if on_step is not None:
             on_step(step, row)
