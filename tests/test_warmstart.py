@@ -181,3 +181,15 @@ def test_run_report_and_plot_of_one_training_run(tmp_path):
     assert "## Config" in md and "| sft_target_acc | `0.9` |" in md
     assert "## Versions" in md and f"| torch | {json.loads((run / 'summary.json').read_text())['versions']['torch']} |" in md
     assert '<img src="figures/curves.png"' in html and (run / "report" / "figures" / "curves.png").stat().st_size > 1000
+
+
+def test_list_shows_the_shipped_warm_starts():
+    from typer.testing import CliRunner
+
+    from grouprl.cli import app
+
+    res = CliRunner().invoke(app, ["list", "--markdown"])
+    assert res.exit_code == 0, res.output
+    ws = warmstarts.get("add3r-1M")
+    row = (f"| add3r-1M | add3r | 1M | {ws.manifest['heldout_greedy_acc']:.3f} (n=1000) | {ws.manifest['command']} |")
+    assert "Shipped warm starts (1)" in res.output and row in res.output

@@ -24,12 +24,16 @@ def _example_batch(example: dict):
 def list_methods(
     markdown: bool = typer.Option(False, "--markdown", help="print Markdown tables (for docs)"),
 ) -> None:
-    """List the registered advantage estimators and policy losses."""
+    """List the registered advantage estimators and policy losses, and the warm starts shipped with grouprl."""
+    from .. import warmstarts
     from ..advantages import ESTIMATORS
     from ..losses import LOSSES
 
     est = [(n, i.level, i.paper, ", ".join(i.needs)) for n, i in ESTIMATORS.items() if not n.startswith("_")]
     los = [(n, i.level, i.paper) for n, i in LOSSES.items()]
+    warm = [(w.name, w.task, w.model, f"{w.manifest['heldout_greedy_acc']:.3f} (n={w.manifest['heldout_n']})",
+             w.manifest["command"]) for w in warmstarts.shipped().values()]
+    warm_cols = ("name", "task", "model", "held-out greedy acc", "built by")
     if markdown:
         print(f"Advantage estimators ({len(est)})\n")
         print("| name | level | paper | batch fields needed |\n|---|---|---|---|")
@@ -38,6 +42,10 @@ def list_methods(
         print(f"\nPolicy losses ({len(los)})\n")
         print("| name | level | paper |\n|---|---|---|")
         for row in los:
+            print("| " + " | ".join(row) + " |")
+        print(f"\nShipped warm starts ({len(warm)})\n")
+        print("| " + " | ".join(warm_cols) + " |\n|" + "---|" * len(warm_cols))
+        for row in warm:
             print("| " + " | ".join(row) + " |")
         return
     console = Console()
@@ -53,6 +61,12 @@ def list_methods(
     for col in ("level", "paper"):
         t.add_column(col)
     for row in los:
+        t.add_row(*row)
+    console.print(t)
+    t = Table(title=f"Shipped warm starts ({len(warm)}): `warm_start=auto` starts RL from the one that fits")
+    for col in warm_cols:
+        t.add_column(col)
+    for row in warm:
         t.add_row(*row)
     console.print(t)
 

@@ -614,7 +614,8 @@ def _sft_missed_target(cfg: TrainConfig, hist: list[dict[str, Any]]) -> str | No
         return None
     return (f"SFT used all sft_steps={cfg.sft_steps} and reached validation accuracy {checked[-1]:.3f} < "
             f"sft_target_acc={cfg.sft_target_acc}; RL from a warm start this weak rarely helps (docs/training.md). "
-            "Raise sft_steps, or try another seed.")
+            "Raise sft_steps or try another seed; or start from a checkpoint that is past it (init=DIR, or a warm start "
+            "shipped with grouprl: `grouprl list` shows them).")
 
 
 def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
