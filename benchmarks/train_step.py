@@ -6,8 +6,9 @@ Runs the real training loop for a few steps (evaluation reduced to one example) 
 the steps after the first (warm-up), the median seconds of each phase — rollout (sampling with the
 KV cache + scoring), logprobs (old-policy and reference forwards), advantages, update (PPO
 epochs x mini-batches x micro-batches, backward and AdamW) — its share of the step, and tokens/s
-of the rollout and of the update. Without ``--init`` the model is the preset after a short SFT
-(``sft_steps``, default 100) so that response lengths are realistic.
+of the rollout and of the update. Without ``--init`` the model is the run's own warm start: the one
+shipped with grouprl for the default task and model (``grouprl.warmstarts``), else the preset after
+a short SFT (``sft_steps``, default 100) so that response lengths are realistic.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from grouprl.train import build_config, parse_overrides, train
 from grouprl.train.logging import read_jsonl
+from grouprl.train.loop import shipped_warm_start
 
 PHASES = ("rollout", "logprobs", "advantages", "update")
 
@@ -37,7 +39,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        values = {"sft_steps": 100, **parse_overrides(args.overrides)}
+        values = parse_overrides(args.overrides)
+        if not args.init and shipped_warm_start(build_config(dict(values))) is None:
+            values.setdefault("sft_steps", 100)
         values.update(out_dir=tmp, name="bench", steps=args.steps, eval_every=0, eval_size=1, pass_k_size=0,
                       progress=False, tensorboard=False, threads=args.threads, save_every=10**6)
         if args.init:
