@@ -7,7 +7,8 @@ guard (its worker process). This module imports nothing from grouprl, so any mod
   (and a ``--resume``) sees the old content or the new one, never an empty or torn file.
 * :func:`exclusive_lock` — an ``fcntl.flock`` on a lock file, taken without waiting; held by another
   process it raises :class:`LockHeld` naming that process's pid. The kernel drops the lock when the
-  holder dies (``kill -9`` included), so a stale lock file never blocks anything.
+  holder dies (``kill -9`` included), so a stale lock file never blocks anything; a forked child
+  closes its inherited copies at once, so no child keeps a dead holder's lock.
 * :func:`remove_stale_temps` — removes the temporary files/directories a killed writer left behind.
 * :func:`die_with_parent` — Linux ``PR_SET_PDEATHSIG``: SIGKILL this process when its parent dies.
 * :func:`disk_full_message` — "no space left on device: N MB needed in DIR".
@@ -69,6 +70,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fsync_dir(path.parent)
 
 
+#: descriptors of the locks this process holds; a forked child closes its copies at once (a reward
+#: worker must not keep its trainer's run locked after the trainer died)
+_HELD: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)  # the child's copy only: the parent keeps its lock
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class LockHeld(RuntimeError):
     """Another live process holds the lock; ``pid`` is its process id (None if it had not written it yet)."""
 
@@ -98,6 +117,7 @@ def exclusive_lock(path: str | os.PathLike) -> int:
         raise LockHeld(path, int(text) if text.isdigit() else None) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD.add(fd)
     return fd
 
 
@@ -108,6 +128,7 @@ def release_lock(fd: int | None) -> None:
 
     if fd is None:
         return
+    _HELD.discard(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

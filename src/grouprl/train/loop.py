@@ -70,6 +70,7 @@ class _Run:
         self.run_dir: Path | None = None
         self.fresh = False
         self.lock: int | None = None
+        self.guards: list[Any] = []  # reward guards to stop (their worker processes) when train ends, however
 
     def failed(self) -> None:
         """After an error: remove a run dir this call created that holds no RL step and no SFT
@@ -82,6 +83,8 @@ class _Run:
         shutil.rmtree(d, ignore_errors=True)
 
     def close(self) -> None:
+        for guard in self.guards:
+            guard.close()
         release_lock(self.lock)
         self.lock = None
 
@@ -257,10 +260,15 @@ def make_guard(cfg: TrainConfig, task: Any):
     from ..tasks import RewardGuard
 
     if cfg.reward_fn:
-        return RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
-                           failure_reward=cfg.failure_reward)
-    return RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
-                       trusted=bool(getattr(task, "trusted", False)))
+        guard = RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
+                            failure_reward=cfg.failure_reward)
+    else:
+        guard = RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
+                            trusted=bool(getattr(task, "trusted", False)))
+    run = _RUN.get()
+    if run is not None:  # inside train(): its worker stops when train returns or fails
+        run.guards.append(guard)
+    return guard
 
 
 def eval_subset(task: Any, size: int) -> list:
