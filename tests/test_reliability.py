@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 import grouprl
 import grouprl.train.checkpoint as ckpt_mod
+import grouprl.train.loop as loop_mod
 from grouprl._osutil import LockHeld, exclusive_lock, release_lock, write_text_atomic
 from grouprl.cli import app
 from grouprl.train import CheckpointError, ConfigError, build_config, resume_config, train
@@ -237,6 +238,14 @@ def test_disk_full_during_a_checkpoint(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "no space left on device" in r.output and "Traceback" not in r.output
     assert _temporaries(run) == []
     monkeypatch.setattr(ckpt_mod, "save_file", real_save)
+
+    def no_room(path, text):  # any other write on a full disk (here summary.json) ends the same way
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(loop_mod, "write_text_atomic", no_room)
+        with pytest.raises(CheckpointError, match=rf"no space left on device: more space needed in {run}"):
+            train(resume_config(run, {}), resume=run)
     train(resume_config(run, {}), resume=run)
     _assert_same(ref, _outputs(run), "resumed after a full disk")
 

@@ -123,14 +123,15 @@ class TrainConfig(BaseModel):
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     reward_fn: str | None = Field(
-        None, description="'module:function' scoring (example, completion) -> float, replacing the task's verifier"
+        None, description="'module:function' scoring (example, completion) -> float, replacing the task's verifier "
+        "(imported from sys.path, then the current directory; a config naming one is as trusted as code)"
     )
     reward_timeout_s: float = Field(2.0, gt=0)
     failure_reward: float = 0.0
     max_failed_reward_steps: int = Field(
         5, ge=0, description="stop the run when the verifier fails on every row of this many consecutive steps (0 = never)"
     )
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="TensorBoard event files in RUN/tb (a one-line note when TensorBoard is not installed)")
     progress: bool = True
     # multi-turn agents (grouprl.train.agent_loop, selected by env=<name>; docs/agents.md)
     env: str | None = Field(None, description="train an agent in this text environment (grouprl.envs) instead of a task")
