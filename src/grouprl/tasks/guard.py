@@ -9,8 +9,10 @@ its time limit yields ``failure_reward`` for that completion; the failure is cou
 Untrusted functions run in a persistent worker process (fork context on Linux, so the function
 need not be picklable); each call gets ``timeout_s`` seconds, after which the worker is killed
 and a fresh one picks up the rest of the batch. The worker dies with the process that started it
-(Linux ``PR_SET_PDEATHSIG``: a ``kill -9`` of the trainer leaves no orphan) and holds only its own
-end of the socket pair (a forked child closes its copy of the parent's end). Trusted functions (the built-in verifiers) run in
+(Linux ``PR_SET_PDEATHSIG``: a ``kill -9`` of the trainer leaves no orphan; strictly, with the
+thread that started it, so a guard used from a short-lived thread starts a new worker after that
+thread ends) and holds only its own end of the socket pair (a forked child closes its copy of the
+parent's end). Trusted functions (the built-in verifiers) run in
 the calling process, with the same error and NaN handling but no timeout.
 
 Measured overhead (2-core CPU, one torch thread, arithmetic verifier, see the branch report): a
