@@ -432,7 +432,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     token = _RUN.set(run)
     try:
         return _train(cfg, resume=resume, console=console)
-    except BaseException as exc:
+    except Exception as exc:  # (not Ctrl-C: an interrupted run stays resumable)
         run.failed()
         if is_disk_full(exc):
             where = Path(exc.filename).parent if getattr(exc, "filename", None) else run.run_dir or cfg.out_dir
