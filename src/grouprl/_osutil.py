@@ -153,17 +153,30 @@ def remove_stale_temps(directory: str | os.PathLike, patterns: Iterable[str] = (
     return removed
 
 
+_LIBC: list = []  # the loaded libc, once (load it before a fork: the child then only makes the call)
+
+
+def load_libc() -> object | None:
+    """libc through ctypes (cached), or None where there is none (not Linux/glibc)."""
+    if not _LIBC:
+        try:
+            import ctypes
+
+            _LIBC.append(ctypes.CDLL("libc.so.6", use_errno=True))
+        except Exception:  # pragma: no cover - not Linux / no glibc
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
 def die_with_parent(parent_pid: int | None = None) -> None:
     """Linux: have the kernel SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``), so a
     ``kill -9`` of the parent leaves no orphan behind. With ``parent_pid`` (the parent's pid read
     before the fork/spawn), exit at once if the parent already died before the request took effect.
     Elsewhere a no-op."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except Exception:  # pragma: no cover - not Linux / no glibc
+    libc = load_libc()
+    if libc is None:  # pragma: no cover - not Linux / no glibc
         return
+    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .._osutil import die_with_parent
+from .._osutil import die_with_parent, load_libc
 from .base import Example
 
 __all__ = ["RewardGuard", "FAILURE_KINDS"]
@@ -152,6 +152,7 @@ class RewardGuard:
     # -- worker management ---------------------------------------------------------------------
     def _start(self) -> None:
         ctx = mp.get_context(self.context)
+        load_libc()  # here, once: the forked worker's PR_SET_PDEATHSIG is then one call, no import
         parent, child = ctx.Pipe(duplex=True)
         # under fork the child gets a copy of every descriptor: pass the parent's end so it closes it
         # (under spawn only the arguments cross, and a Connection argument would be duplicated)
