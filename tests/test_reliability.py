@@ -210,6 +210,16 @@ def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path):
     finally:
         release_lock(fd)
     assert train(resume_config(run, {"steps": 3}), resume=run)["steps"] == 3
+    # a fresh start takes the lock before it checks the directory: a run being created is not raced
+    fresh = tmp_path / "runs" / "fresh"
+    fresh.mkdir()
+    fd = exclusive_lock(fresh / ".lock")
+    try:
+        with pytest.raises(ConfigError, match=rf"in use by another grouprl process \(pid {os.getpid()}\)"):
+            train(build_config(tiny_overrides(tmp_path, name="fresh", steps=1)))
+        assert sorted(p.name for p in fresh.iterdir()) == [".lock"]  # nothing written, nothing removed
+    finally:
+        release_lock(fd)
 
 
 # ------------------------------------------------------------------ disk full
