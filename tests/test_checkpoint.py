@@ -16,6 +16,7 @@ import grouprl
 from grouprl.train import CheckpointError, ConfigError, build_config, resume_config, train
 from grouprl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grouprl.train.logging import read_jsonl
+from test_reliability import _children as children, wait_gone
 from test_train import tiny_overrides
 
 TESTS = Path(__file__).resolve().parent
@@ -137,9 +138,11 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
             time.sleep(0.01)
         if proc.poll() is None:
             time.sleep(0.05 * wait_rows % 0.17)  # somewhere inside a step (maybe inside a checkpoint write)
+            workers = children(proc.pid)  # the reward_fn worker
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
+            assert wait_gone(workers) == [], "a process of the killed run survived it"
         proc = subprocess.Popen(_cli(["train", "--resume", str(run)]), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=300)

@@ -15,6 +15,12 @@ replaced, and the sweep goes on. Workers die with the arena process (Linux ``PR_
 tasks (``num_cpus=1`` each) and writes the returned rows into the same store; ray is imported only
 then. Only this parent process writes the database (one transaction per finished cell).
 
+One sweep at a time: a sweep holds an exclusive lock on ``RUN_DIR/arena.lock`` (``fcntl.flock``) from
+before it looks at the run until it ends, for a fresh start as for a resume; a second sweep of the
+same run is refused with an ``ArenaError`` naming the holder's pid (the kernel drops the lock when
+the holder dies, so a killed sweep never blocks its resume). Under the lock the sweep first removes
+the temporaries killed writers left (``warm/.KEY.tmp-*``).
+
 Resume (``resume=RUN_DIR``): cells run with the configs stored in the database when the sweep was
 created (later changes of TrainConfig defaults do not leak into a resumed sweep); ``done`` cells are never run again; ``running`` cells (in flight when the
 sweep was killed) and ``pending`` ones run from scratch (their run dir is wiped first); ``failed``
@@ -34,12 +40,14 @@ from typing import Any, Callable
 
 import yaml
 
+from .._osutil import LockHeld, die_with_parent, exclusive_lock, release_lock, remove_stale_temps, write_text_atomic
 from .spec import ArenaSpec, Cell, spec_from_dict, warm_key
 from .store import ArenaStore, export, versions
 
 __all__ = ["run_arena", "run_cell", "ensure_warm_start", "ArenaError", "DB_NAME"]
 
 DB_NAME = "arena.db"
+LOCK_NAME = "arena.lock"
 
 
 class ArenaError(RuntimeError):
@@ -117,21 +125,11 @@ def run_cell(config: dict[str, Any], run_dir: str, warm_root: str) -> dict[str, 
     }
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the arena process dies (no orphan keeps writing a run dir)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # pragma: no cover - not Linux
-        pass
-
-
 def _worker_main(conn: Any) -> None:
     """A local worker process: imports the trainer once, then runs cells sent over ``conn`` until
     it receives None. Each message is (cell_id, config, run_dir, warm_root); each reply
     (cell_id, result)."""
-    _die_with_parent()
+    die_with_parent()  # Linux: SIGKILL this worker when the arena process dies (no orphan keeps writing a run dir)
     import torch
 
     torch.set_num_threads(1)
@@ -326,19 +324,44 @@ def run_arena(spec: ArenaSpec | None = None, *, out_dir: str | Path | None = Non
         raise ArenaError(f"backend {backend!r}: choose 'local' or 'ray'")
     if resume is not None:
         root = Path(resume)
-        db = root / DB_NAME
-        if not db.is_file():
+        if not (root / DB_NAME).is_file():
             raise ArenaError(f"--resume {root}: no {DB_NAME} there; is it an arena run directory?")
-        store = ArenaStore(db)
-        spec = spec_from_dict(store.meta()["spec"])
     else:
         if spec is None:
             raise ArenaError("give a spec (or resume=RUN_DIR)")
         root = Path(out_dir if out_dir is not None else spec.out_dir) / spec.name
+        root.mkdir(parents=True, exist_ok=True)
+    lock = _lock_sweep(root)
+    try:
+        return _sweep(root, spec, resume, workers=workers, backend=backend, retry_failed=retry_failed,
+                      console=console, ray_address=ray_address, on_cell=on_cell)
+    finally:
+        release_lock(lock)
+
+
+def _lock_sweep(root: Path) -> int:
+    """The arena run's exclusive lock; a sweep already running on it is refused, naming its pid."""
+    try:
+        return exclusive_lock(root / LOCK_NAME)
+    except LockHeld as held:
+        raise ArenaError(
+            f"{root} is being swept by another grouprl arena process (pid {held.pid or 'unknown'}); two sweeps of "
+            f"one run would run its cells twice. Wait for it to finish (or stop it), then --resume {root}."
+        ) from None
+
+
+def _sweep(root: Path, spec: ArenaSpec | None, resume: str | Path | None, *, workers: int, backend: str,
+           retry_failed: bool, console: Any, ray_address: str | None,
+           on_cell: Callable[[str, dict[str, Any]], None] | None) -> Path:
+    """The sweep proper, under the run's lock."""
+    remove_stale_temps(root / "warm")  # warm/.KEY.tmp-PID left by a killed warm-start build
+    if resume is not None:
+        store = ArenaStore(root / DB_NAME)
+        spec = spec_from_dict(store.meta()["spec"])
+    else:
         if (root / DB_NAME).exists():
             raise ArenaError(f"{root} already holds an arena run; continue it with --resume {root} or choose another name")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        write_text_atomic(root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
         store = ArenaStore(root / DB_NAME)
         store.set_meta(spec=spec.to_dict(), versions=versions(), created=time.time())
     store.add_cells(spec.cells())

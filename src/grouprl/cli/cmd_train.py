@@ -132,14 +132,13 @@ def sft(ctx: typer.Context) -> None:
                       enabled=cfg.progress) as on_step:
         hist = run_sft(model, tok, task, **sft_kwargs(cfg), on_step=on_step)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model, tok, str(out))
+    save_pretrained(model, tok, str(out), files={"sft_log.jsonl": "".join(json.dumps(r) + "\n" for r in hist)})
     guard = make_guard(cfg, task)
     ev = evaluate(model, tok, eval_subset(task, cfg.eval_size), guard, max_new_tokens=cfg.max_new_tokens,
                   pass_k=cfg.pass_k, pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
                   generator=step_generator(cfg.seed, 0, 5))
     (out / "sft_eval.json").write_text(json.dumps({"steps": len(hist), "final_loss": hist[-1]["loss"] if hist else None,
                                                    **ev}, indent=2) + "\n")
-    (out / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
     console.print(f"[bold green]SFT done[/] {out}: {sft_summary(hist)} in {time.perf_counter() - t0:.0f}s, "
                   f"held-out greedy acc {ev['acc']:.3f}; next: grouprl train init={out}")
 

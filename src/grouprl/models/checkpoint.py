@@ -26,6 +26,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .._osutil import fsync_dir, fsync_tree
+
 __all__ = ["save_pretrained", "load_pretrained", "check_checkpoint_dir"]
 
 _WEIGHTS = (
@@ -49,11 +51,14 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike) -> Path:
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike,
+                    files: dict[str, str] | None = None) -> Path:
     """Write ``model`` (safetensors) and ``tokenizer`` to the directory ``path``, atomically.
 
-    Everything is written into a fresh temporary directory in ``path``'s parent; only when that
-    succeeded is it renamed to ``path``. An existing ``path`` is first renamed aside and removed
+    ``files``: more text files to publish with it (name -> content, e.g. a training log), written
+    into the same temporary directory, so they appear together with the weights or not at all.
+    Everything is written into a fresh temporary directory in ``path``'s parent and fsync-ed; only
+    when that succeeded is it renamed to ``path``. An existing ``path`` is first renamed aside and removed
     only after the new directory is in place, so a failure at any point leaves either the old or
     the new checkpoint at ``path`` (or, if the process dies between the two renames, the old one
     under ``.<name>.old-*`` beside it).
@@ -68,6 +73,9 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase |
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -83,6 +91,7 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase |
             os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path

@@ -8,7 +8,11 @@ its time limit yields ``failure_reward`` for that completion; the failure is cou
 
 Untrusted functions run in a persistent worker process (fork context on Linux, so the function
 need not be picklable); each call gets ``timeout_s`` seconds, after which the worker is killed
-and a fresh one picks up the rest of the batch. Trusted functions (the built-in verifiers) run in
+and a fresh one picks up the rest of the batch. The worker dies with the process that started it
+(Linux ``PR_SET_PDEATHSIG``: a ``kill -9`` of the trainer leaves no orphan; strictly, with the
+thread that started it, so a guard used from a short-lived thread starts a new worker after that
+thread ends) and holds only its own end of the socket pair (a forked child closes its copy of the
+parent's end). Trusted functions (the built-in verifiers) run in
 the calling process, with the same error and NaN handling but no timeout.
 
 Measured overhead (2-core CPU, one torch thread, arithmetic verifier, see the branch report): a
@@ -22,6 +26,7 @@ import logging
 import math
 import multiprocessing as mp
 import numbers
+import os
 import signal
 import sys
 import time
@@ -29,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .._osutil import die_with_parent, load_libc
 from .base import Example
 
 __all__ = ["RewardGuard", "FAILURE_KINDS"]
@@ -61,7 +67,10 @@ def _call(fn: Callable, example: Any, completion: str) -> tuple[str, float, str]
         return "error", 0.0, f"raised {type(err).__name__}: {str(err)[:300]}"
 
 
-def _worker(conn, fn: Callable) -> None:
+def _worker(conn, fn: Callable, parent_pid: int | None = None, parent_end=None) -> None:
+    die_with_parent(parent_pid)  # a killed trainer takes its reward worker with it
+    if parent_end is not None:  # fork: this process inherited the parent's end; holding it, no EOF ever comes
+        parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     # A forked child must not enter the parent's OpenMP thread pool (it would wait forever on
     # threads that did not survive the fork): torch work in a score function runs single-threaded.
@@ -130,6 +139,7 @@ class RewardGuard:
         self.calls = 0
         self.restarts = 0
         self._logged = 0
+        self.first_failure: str | None = None  # "kind on row i: message" of the first failure, for error messages
         self._proc = None
         self._conn = None
 
@@ -142,8 +152,13 @@ class RewardGuard:
     # -- worker management ---------------------------------------------------------------------
     def _start(self) -> None:
         ctx = mp.get_context(self.context)
+        load_libc()  # here, once: the forked worker's PR_SET_PDEATHSIG is then one call, no import
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker, args=(child, self.score_fn), daemon=True, name="grouprl-reward")
+        # under fork the child gets a copy of every descriptor: pass the parent's end so it closes it
+        # (under spawn only the arguments cross, and a Connection argument would be duplicated)
+        own_end = parent if self.context == "fork" else None
+        proc = ctx.Process(target=_worker, args=(child, self.score_fn, os.getpid(), own_end), daemon=True,
+                           name="grouprl-reward")
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
@@ -193,6 +208,8 @@ class RewardGuard:
     # -- scoring -------------------------------------------------------------------------------
     def _fail(self, kind: str, index: int, message: str) -> None:
         self.failures[kind] += 1
+        if self.first_failure is None:
+            self.first_failure = f"{kind} on row {index}: {message}"
         if self._logged < self.max_logged:
             self._logged += 1
             log.warning("reward function failed (%s) on row %d: %s", kind, index, message)

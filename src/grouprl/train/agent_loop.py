@@ -39,10 +39,11 @@ from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
 from ..rollout.multiturn import AgentBatch, run_episodes
 from .agent_sft import agent_sft, expert_turns
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_global_rngs, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import step_generator
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, trainable_parameters
+from .._osutil import write_text_atomic
 from .logging import JsonlWriter, TensorBoard, truncate_after
 from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, begin_step, update_policy
 
@@ -142,7 +143,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
     if cfg.credit != "none" or cfg.kl_in_reward or cfg.reward_fn:
         raise ConfigError("env runs support credit=none, kl_in_reward=false and no reward_fn (the env gives rewards)")
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    seed_global_rngs(cfg.seed)
     run_dir, cfg = prepare_run_dir(cfg, resume)
     ckpt_root = run_dir / "checkpoints"
 
@@ -177,7 +178,7 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
     for f in ("metrics.jsonl", "eval.jsonl"):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
     metrics_log, eval_log = JsonlWriter(run_dir / "metrics.jsonl"), JsonlWriter(run_dir / "eval.jsonl")
-    tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard)
+    tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard, console=console)
 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
@@ -268,5 +269,5 @@ def train_agent(cfg: TrainConfig, *, resume: str | Path | None = None, console: 
     tb.close()
     summary = {**_summary(run_dir, cfg), "env": cfg.env, "warm_start_success": None, "final_success": None}
     summary["warm_start_success"], summary["final_success"] = summary["warm_start_acc"], summary["final_acc"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -10,8 +10,15 @@ A checkpoint is a directory ``checkpoints/step_NNNNNN/`` holding
 
 It is written into a temporary directory, fsync-ed and renamed into place (``os.replace``); then the
 one-line file ``checkpoints/latest`` is replaced the same way. A kill at any moment leaves either
-the previous or the new checkpoint, never a half-written one. Loading checks the hashes and raises
-``CheckpointError`` naming the file and what to do.
+the previous or the new checkpoint, never a half-written one (a step directory exists only once
+complete, so a kill between the two renames of the first checkpoint, which leaves no ``latest``,
+resumes from that directory). Loading checks the hashes and raises ``CheckpointError`` naming the
+file and what to do. A write that fails (a full disk: ``CheckpointError`` "no space left on
+device: N MB needed in DIR") removes its temporary directory; ``latest`` still names the last
+complete checkpoint.
+
+The Python and numpy global RNG states are stored too; :func:`seed_global_rngs` seeds them at the
+start of a run, so two identical runs write identical ``state.json`` files.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ import torch
 
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+from .._osutil import disk_full_message, fsync_dir, is_disk_full, write_text_atomic
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
+           "seed_global_rngs"]
 
 
 class CheckpointError(RuntimeError):
@@ -81,6 +91,14 @@ def rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
+def seed_global_rngs(seed: int) -> None:
+    """Seed the Python, numpy and torch global RNGs from the run's seed (at the start of a run: the
+    states a checkpoint stores then depend on the config alone, not on what the process did before)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -100,27 +118,6 @@ def _sha256(path: Path) -> str:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -147,31 +144,39 @@ def save_checkpoint(
     name = f"step_{step:06d}"
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     tensors: dict[str, torch.Tensor] = {}
     meta = _split({"step": step, "optimizer": optimizer.state_dict(), **state}, tensors, "s")
-    save_file(_model_tensors(model), str(tmp / "model.safetensors"))
-    save_file(tensors, str(tmp / "state.safetensors"))
-    for f in ("model.safetensors", "state.safetensors"):
-        _fsync_file(tmp / f)
-    doc = {
-        "format": 1,
-        "step": step,
-        "sha256": {f: _sha256(tmp / f) for f in ("model.safetensors", "state.safetensors")},
-        "state": meta,
-    }
-    with open(tmp / "state.json", "w") as fh:
-        json.dump(doc, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # a complete checkpoint of the same step (re-saved after a resume)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    _write_text_atomic(root / "latest", name + "\n")
+    weights = _model_tensors(model)
+    need = sum(t.numel() * t.element_size() for t in (*weights.values(), *tensors.values())) + (1 << 20)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "state.safetensors"))
+        for f in ("model.safetensors", "state.safetensors"):
+            _fsync_file(tmp / f)
+        doc = {
+            "format": 1,
+            "step": step,
+            "sha256": {f: _sha256(tmp / f) for f in ("model.safetensors", "state.safetensors")},
+            "state": meta,
+        }
+        with open(tmp / "state.json", "w") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # a complete checkpoint of the same step (re-saved after a resume)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        write_text_atomic(root / "latest", name + "\n")
+    except BaseException as exc:  # a failed write leaves no partial directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise CheckpointError(disk_full_message(need, root)) from None
+        raise
     # prune old checkpoints (and temp dirs left by killed writers)
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[:-keep]:
@@ -187,12 +192,10 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     root = Path(ckpt_root)
     pointer = root / "latest"
     if not pointer.exists():
-        if any(root.glob("step_*")):
-            raise CheckpointError(
-                f"{root}: checkpoint directories exist but the 'latest' pointer is missing; write the name "
-                "of the checkpoint to resume from (e.g. step_000010) into that file."
-            )
-        return None
+        # a kill between the first checkpoint's two renames: its directory is complete (it appears
+        # by a rename of a fully written temporary), so it is the one to resume from
+        steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+        return steps[-1] if steps else None
     name = pointer.read_text().strip()
     path = root / name
     if not name or not path.is_dir():

@@ -131,11 +131,15 @@ class TrainConfig(BaseModel):
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     reward_fn: str | None = Field(
-        None, description="'module:function' scoring (example, completion) -> float, replacing the task's verifier"
+        None, description="'module:function' scoring (example, completion) -> float, replacing the task's verifier "
+        "(imported from sys.path, then the current directory; a config naming one is as trusted as code)"
     )
     reward_timeout_s: float = Field(2.0, gt=0)
     failure_reward: float = 0.0
-    tensorboard: bool = True
+    max_failed_reward_steps: int = Field(
+        5, ge=0, description="stop the run when the verifier fails on every row of this many consecutive steps (0 = never)"
+    )
+    tensorboard: bool = Field(True, description="TensorBoard event files in RUN/tb (a one-line note when TensorBoard is not installed)")
     progress: bool = True
     # multi-turn agents (grouprl.train.agent_loop, selected by env=<name>; docs/agents.md)
     env: str | None = Field(None, description="train an agent in this text environment (grouprl.envs) instead of a task")
@@ -148,6 +152,17 @@ class TrainConfig(BaseModel):
     history_len: int = Field(2, ge=0, description="past (observation, action) turns shown in the prompt (env runs)")
     instruction: str | None = Field(None, description="task instruction of env prompts (default: the env's action_prompt)")
     expert_noise: float = Field(0.5, ge=0, le=1, description="env SFT warm start: probability of a random move instead of the expert's")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        # a run dir is out_dir/name: the name must be one path component (no writing outside out_dir)
+        if v and (v in (".", "..") or any(c in v for c in "/\\") or not v.isprintable()):
+            raise ValueError(
+                f"run name {v!r} is not a single directory name; use a name without / or \\, not '.' or '..' "
+                "(e.g. name=exp1), and put parent directories in out_dir"
+            )
+        return v
 
     @field_validator("agg")
     @classmethod
@@ -241,7 +256,8 @@ class TrainConfig(BaseModel):
 
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
-RESUMABLE_FIELDS = frozenset({"steps", "threads", "tensorboard", "progress", "out_dir", "name", "save_every", "keep_checkpoints"})
+RESUMABLE_FIELDS = frozenset({"steps", "threads", "tensorboard", "progress", "out_dir", "name", "save_every", "keep_checkpoints",
+                              "max_failed_reward_steps"})
 
 
 class _Flag:

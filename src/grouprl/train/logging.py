@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._osutil import write_text_atomic
+
 __all__ = ["JsonlWriter", "read_jsonl", "truncate_after", "TensorBoard", "environment_versions"]
 
 
@@ -73,23 +75,32 @@ def truncate_after(path: str | Path, step: int) -> None:
     if not p.exists():
         return
     keep = [json.dumps(r) for r in read_jsonl(p) if r.get("step", -1) <= step]
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in keep))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    write_text_atomic(p, "".join(line + "\n" for line in keep))
 
 
 class TensorBoard:
-    """Scalars to TensorBoard event files when ``torch.utils.tensorboard`` works; a no-op otherwise."""
+    """Scalars to TensorBoard event files when ``torch.utils.tensorboard`` works; a no-op otherwise.
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+    ``tensorboard: true`` (the default) with TensorBoard not installed is not an error (the JSONL
+    files hold every metric), but it is said once, as a one-line note on ``console`` (or a logging
+    warning without one); ``self.note`` holds it."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool = True, console: Any = None) -> None:
         self.writer = None
+        self.note: str | None = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except Exception:  # tensorboard not installed
+            except Exception as exc:  # tensorboard not installed
+                self.note = (f"tensorboard=true but TensorBoard is not importable ({type(exc).__name__}: {exc}); "
+                             "no TensorBoard logs (metrics.jsonl has every metric). pip install tensorboard, "
+                             "or set tensorboard=false to silence this.")
+                if console is not None:
+                    console.print(f"[yellow]note:[/] {self.note}")
+                else:
+                    import logging
+
+                    logging.getLogger("grouprl.train").warning(self.note)
                 return
             self.writer = SummaryWriter(log_dir=str(log_dir))
 

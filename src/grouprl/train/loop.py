@@ -23,9 +23,13 @@ run killed at any moment and resumed writes the same metrics as an uninterrupted
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import json
 import math
+import os
+import shutil
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,11 +38,13 @@ from typing import Any
 import torch
 import yaml
 
+from .._osutil import LockHeld, disk_full_message, exclusive_lock, is_disk_full, release_lock, remove_stale_temps, write_text_atomic
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
 from .. import warmstarts
 from ..rollout import Generation, response_logprobs, sample
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_global_rngs,
+                         set_rng_state)
 from .credit import CreditContext, make_credit
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
@@ -49,29 +55,108 @@ from .reports import format_group_table, group_report, ranking_report, sampler_c
 from .sampler import get_sampler, load_sampler_state, sampler_state
 from .sft import lr_at, sft, sft_kwargs, sft_progress, sft_summary
 
-__all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source"]
+__all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source", "RewardFunctionError"]
 
 
-# ---------------------------------------------------------------------------- set-up helpers
+class RewardFunctionError(ConfigError):
+    """The reward function failed on every row for ``max_failed_reward_steps`` consecutive steps."""
+
+
+# ---------------------------------------------------------------------------- the run directory
+class _Run:
+    """What :func:`train` holds for the run being set up: its directory, whether this call created
+    it, and the descriptor of its exclusive lock (``RUN_DIR/.lock``, held until train returns)."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self.fresh = False
+        self.lock: int | None = None
+        self.guards: list[Any] = []  # reward guards to stop (their worker processes) when train ends, however
+
+    def failed(self) -> None:
+        """After an error: remove a run dir this call created that holds no RL step and no SFT
+        result yet, so the same ``name=`` can be retried at once (nothing in it is worth keeping)."""
+        d = self.run_dir
+        if d is None or not self.fresh or (d / "sft").exists() or any((d / "checkpoints").glob("step_*")):
+            return
+        if (d / "metrics.jsonl").is_file() and (d / "metrics.jsonl").stat().st_size > 0:
+            return
+        shutil.rmtree(d, ignore_errors=True)
+
+    def close(self) -> None:
+        for guard in self.guards:
+            guard.close()
+        release_lock(self.lock)
+        self.lock = None
+
+
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("grouprl_run", default=None)
+_UNOWNED_LOCKS: list[int] = []  # locks of prepare_run_dir calls made outside train() (held for the process's life)
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """Take ``run_dir``'s exclusive lock (another live process on it is refused, naming its pid),
+    then remove the temporary files and directories killed writers left there."""
+    try:
+        fd = exclusive_lock(run_dir / ".lock")
+    except LockHeld as held:
+        raise ConfigError(
+            f"run directory {run_dir} is in use by another grouprl process (pid {held.pid or 'unknown'}); "
+            f"wait for it to finish (or stop it), then continue with `grouprl train --resume {run_dir}`."
+        ) from None
+    run = _RUN.get()
+    if run is not None:
+        run.run_dir, run.lock = run_dir, fd
+    else:
+        _UNOWNED_LOCKS.append(fd)
+    # .config.yaml.tmp-*, .summary.json.tmp-*, .sft.tmp-*, checkpoints/.tmp-step_*, checkpoints/.latest.tmp-*
+    remove_stale_temps(run_dir)
+    remove_stale_temps(run_dir / "checkpoints")
+
+
+def _read_saved_config(saved: Path) -> dict[str, Any]:
+    """A run's config.yaml as a dict; an empty or unreadable file is a ConfigError (never a default config)."""
+    try:
+        values = yaml.safe_load(saved.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{saved} is unreadable ({exc}); restore it, or start a new run.") from None
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(
+            f"{saved} is {'empty' if not values else 'not a mapping of key: value'}: the run's config was not "
+            "written completely (a kill while the run was being created). Start the run again under a new name, "
+            f"or delete {saved.parent} and run the same command again."
+        )
+    return values
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, TrainConfig]:
-    """Create (or reopen, for a resume) the run directory; returns it and the effective config."""
+    """Create (or reopen, for a resume) the run directory and take its lock; returns it and the
+    effective config. config.yaml is written atomically (temp + fsync + rename)."""
     if resume is not None:
         run_dir = Path(resume)
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
+        _lock_run_dir(run_dir)
         return run_dir, cfg
     name = cfg.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_dir(run_dir)  # before the check: two runs started at once with one name= cannot both pass it
     if (run_dir / "config.yaml").exists():
-        old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        try:
+            old = _read_saved_config(run_dir / "config.yaml")
+        except ConfigError:
+            old = None
         raise ConfigError(
             f"run directory {run_dir} already holds a run"
             + (" with a different config" if old != cfg.model_dump() else "")
             + f"; continue it with `grouprl train --resume {run_dir}` or choose another name=..."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    run = _RUN.get()
+    if run is not None:
+        run.fresh = True
     return run_dir, cfg
 
 
@@ -80,7 +165,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
     saved = Path(run_dir) / "config.yaml"
     if not saved.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
-    values = yaml.safe_load(saved.read_text()) or {}
+    values = _read_saved_config(saved)
     bad = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
     if bad:
         raise ConfigError(
@@ -164,8 +249,8 @@ def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any 
         with sft_progress(console, steps=cfg.sft_steps, target=cfg.sft_target_acc or None,
                           enabled=cfg.progress) as on_step:
             hist = sft(model, tok, task, **sft_kwargs(cfg), on_step=on_step)
-        save_pretrained(model, tok, sft_dir)
-        (sft_dir / "sft_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
+        # the log is published with the weights (one rename): a kill cannot keep one without the other
+        save_pretrained(model, tok, sft_dir, files={"sft_log.jsonl": "".join(json.dumps(r) + "\n" for r in hist)})
         if console is not None:
             console.print(f"SFT: {sft_summary(hist)}, {time.perf_counter() - t0:.0f}s -> {sft_dir}")
             missed = _sft_missed_target(cfg, hist)
@@ -185,12 +270,22 @@ def load_task(cfg: TrainConfig) -> Any:
 
 
 def load_reward_fn(spec: str):
-    """Import ``'package.module:function'`` (a verifier ``fn(example, completion) -> float``)."""
+    """Import ``'package.module:function'`` (a verifier ``fn(example, completion) -> float``).
+
+    The module is looked up on ``sys.path`` and then in the current directory (as ``python -m`` and
+    ``python script.py`` find a module beside them; the ``grouprl`` console script does not put the
+    current directory on the path). The current directory is appended, not prepended, so a file
+    there cannot shadow an installed package. Importing runs the module's code: a config that names
+    a reward function is as trusted as code (docs/reliability.md)."""
     import importlib
 
     mod_name, _, fn_name = spec.partition(":")
     if not mod_name or not fn_name:
         raise ConfigError(f"reward_fn: {spec!r} is not 'module:function'")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+        importlib.invalidate_caches()
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
@@ -206,10 +301,15 @@ def make_guard(cfg: TrainConfig, task: Any):
     from ..tasks import RewardGuard
 
     if cfg.reward_fn:
-        return RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
-                           failure_reward=cfg.failure_reward)
-    return RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
-                       trusted=bool(getattr(task, "trusted", False)))
+        guard = RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
+                            failure_reward=cfg.failure_reward)
+    else:
+        guard = RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
+                            trusted=bool(getattr(task, "trusted", False)))
+    run = _RUN.get()
+    if run is not None:  # inside train(): its worker stops when train returns or fails
+        run.guards.append(guard)
+    return guard
 
 
 def eval_subset(task: Any, size: int | None) -> list:
@@ -363,7 +463,29 @@ def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConf
 
 # ---------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
-    """Run (or resume) RL training as configured; returns the summary (also in summary.json)."""
+    """Run (or resume) RL training as configured; returns the summary (also in summary.json).
+
+    The run directory is locked for the whole call (a second process on it is refused, naming this
+    one's pid). A run that fails before its first RL step and before its SFT result is saved leaves
+    no directory behind (the same ``name=`` can be retried at once). A full disk is a
+    ``CheckpointError`` "no space left on device: ... in DIR", not a traceback.
+    """
+    run = _Run()
+    token = _RUN.set(run)
+    try:
+        return _train(cfg, resume=resume, console=console)
+    except Exception as exc:  # (not Ctrl-C: an interrupted run stays resumable)
+        run.failed()
+        if is_disk_full(exc):
+            where = Path(exc.filename).parent if getattr(exc, "filename", None) else run.run_dir or cfg.out_dir
+            raise CheckpointError(disk_full_message(None, where)) from None
+        raise
+    finally:
+        _RUN.reset(token)
+        run.close()
+
+
+def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
     if cfg.env is not None:  # multi-turn agents in a text environment
         from .agent_loop import train_agent
         return train_agent(cfg, resume=resume, console=console)
@@ -372,7 +494,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     torch.set_num_threads(cfg.threads)
     # CPU kernels are deterministic at a fixed thread count; use_deterministic_algorithms(True) would
     # only swap in 5x slower index/scatter backward kernels (measured) and is not needed here.
-    torch.manual_seed(cfg.seed)
+    seed_global_rngs(cfg.seed)  # python, numpy, torch: a checkpoint's RNG states depend on the config alone
     run_dir, cfg = prepare_run_dir(cfg, resume)
     ckpt_root = run_dir / "checkpoints"
 
@@ -406,7 +528,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     old_source = old_logprobs_source(cfg)
 
     # -- resume or start
-    start_step, failures_total = 0, 0
+    start_step, failures_total, failed_streak = 0, 0, 0
     ckpt = latest_checkpoint(ckpt_root)
     if ckpt is not None:
         if resume is None:  # pragma: no cover - prepare_run_dir refuses existing runs
@@ -422,12 +544,13 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         set_rng_state(state["rng"])
         credit.load_state_dict(state.get("credit", {}))
         start_step, failures_total = int(state["step"]), int(state["failures_total"])
+        failed_streak = int(state.get("failed_reward_steps", 0))
     for f in ("metrics.jsonl", "eval.jsonl"):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
     # lines are flushed at once and fsync-ed before each checkpoint (not after every line: ~5 ms a step)
     metrics_log = JsonlWriter(run_dir / "metrics.jsonl", fsync_every_line=False)
     eval_log = JsonlWriter(run_dir / "eval.jsonl", fsync_every_line=False)
-    tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard)
+    tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard, console=console)
 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
@@ -454,10 +577,10 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
         # ---- 1. rollout: the sampler picks prompts; G samples each; the guard scores them
         t0 = time.perf_counter()
         g_sample = device_generator(step_generator(cfg.seed, step, 1), device)
-        step_failures = 0
+        step_failures, step_rows = 0, 0
 
         def generate(prompt_indices: list[int]) -> Generation:
-            nonlocal step_failures
+            nonlocal step_failures, step_rows
             with amp():
                 gen = sample(model, [pool_prompts[i] for i in prompt_indices], eos_id=tok.eos_token_id,
                              pad_id=tok.pad_token_id, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
@@ -467,9 +590,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             examples = [pool[i] for i in gen.prompt_index.tolist()]
             gen.rewards, gen.failed = guard.score_batch(examples, gen.texts)
             step_failures += int(gen.failed.sum())
+            step_rows += len(gen)
             return gen
 
         gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
+        failed_streak = failed_streak + 1 if step_rows and step_failures == step_rows else 0
+        _check_failed_rewards(cfg, failed_streak, step, guard)
         ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
                             device_generator(step_generator(cfg.seed, step, 6), device))
         gen = credit.extend_rollout(gen, ctx)  # e.g. T-PPO: continue the in-flight responses
@@ -573,7 +699,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             eval_log.sync()
             save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
                 "config_hash": cfg.compat_hash(), "sampler": sampler_state(sampler), "methods": methods.state_dict(), "rng": rng_state(),
-                "failures_total": failures_total, "credit": credit.state_dict(),
+                "failures_total": failures_total, "credit": credit.state_dict(), "failed_reward_steps": failed_streak,
             })
         progress.update(row, ev)
     progress.close()
@@ -584,8 +710,23 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     eval_log.close()
     tb.close()
     summary = _summary(run_dir, cfg)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_failed_rewards(cfg: TrainConfig, streak: int, step: int, guard: Any) -> None:
+    """Stop the run (RewardFunctionError) once the verifier failed on every row of
+    ``max_failed_reward_steps`` consecutive steps (0: never)."""
+    n = cfg.max_failed_reward_steps
+    if not n or streak < n:
+        return
+    first = getattr(guard, "first_failure", None) or "(not recorded)"
+    raise RewardFunctionError(
+        f"the reward function failed on every row of {streak} consecutive steps (steps {step + 2 - streak}-{step + 1}, "
+        f"max_failed_reward_steps={n}); first failure: {first}. Fix the reward function"
+        + (f" ({cfg.reward_fn})" if cfg.reward_fn else "")
+        + ", or set max_failed_reward_steps=0 to train on regardless."
+    )
 
 
 def score(gen: Generation, pool: list, tok: Any, guard: Any) -> torch.Tensor:
