@@ -49,8 +49,8 @@ def _outputs(run: Path) -> dict:
     return {
         "metrics": _strip(read_jsonl(run / "metrics.jsonl")),
         "eval": _strip(read_jsonl(run / "eval.jsonl")),
-        "sft_log": read_jsonl(run / "sft" / "sft_log.jsonl"),
-        "summary": {k: v for k, v in summary.items() if k not in ("run_dir", "train_seconds")},
+        "sft_log": _strip(read_jsonl(run / "sft" / "sft_log.jsonl")),
+        "summary": {k: v for k, v in summary.items() if k not in ("run_dir", "train_seconds", "sft_seconds")},
         "checkpoint": last.name,
         "state": json.loads((last / "state.json").read_text()),  # RNG states, optimizer, sampler; tensor hashes
         "weights": load_file(str(last / "model.safetensors")),
