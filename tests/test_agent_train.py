@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import require
 
 from grouprl.envs import get_env
 from grouprl.train.agent_sft import EXPERTS, expert_turns
@@ -112,7 +113,7 @@ def test_agent_loop_auto_device_is_the_cpu_path(tmp_path):
 
 
 def test_agent_loop_lora_trains_only_adapters(tmp_path):
-    pytest.importorskip("peft")
+    require("peft")
     from test_device import assert_adapters_trained_base_frozen
 
     train(_cfg(tmp_path, "lora", model="tiny", lora_rank=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"],

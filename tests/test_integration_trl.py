@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import require
 
-trl = pytest.importorskip("trl")
-pytest.importorskip("datasets")
+trl = require("trl")
+require("datasets")
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

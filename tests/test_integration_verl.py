@@ -10,10 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import require
 import torch
 
-pytest.importorskip("verl")
-core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+require("verl")
+core_algos = require("verl.trainer.ppo.core_algos")
 
 from omegaconf import OmegaConf  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
