@@ -148,6 +148,29 @@ def test_keywords_checked_against_signatures(words, msg):
         _cfg(*words)
 
 
+@pytest.mark.parametrize(
+    "words, msg",
+    [
+        (["estimator_kwargs.eps=-0.4"], r"estimator_kwargs \{'eps': -0.4\}: estimator 'grpo' refuses them: eps=-0.4"),
+        (["estimator_kwargs.scale=grp"], r"estimator 'grpo' refuses them: grpo: scale='grp'"),
+        (["estimator=0.5*grpo+0.5*rloo", "estimator_kwargs.singleton=nope"], r"estimator_kwargs \{.singleton.: .nope.\}: estimator .grpo. refuses them: grpo: singleton=.nope."),
+        (["loss_kwargs.eps_low=-1"], r"loss_kwargs \{'eps_low': -1.0\}: policy loss 'ppo_clip' refuses them"),
+        (["sampler=vade", "sampler_kwargs.fast_decay=2"], r"sampler 'vade' refuses them: vade: fast_decay=2.0 must lie in \[0, 1\]"),
+        (["sampler=dapo_dynamic", "sampler_kwargs.filter=al"], r"sampler 'dapo_dynamic' refuses them: filter: unknown 'al'"),
+    ],
+)
+def test_keyword_ranges_checked_at_load(words, msg):
+    # each callable refuses its own bad values; the config runs it once on its worked example
+    with pytest.raises(ConfigError, match=msg):
+        _cfg(*words)
+
+
+def test_good_keywords_pass_the_load_probe():
+    _cfg("estimator=canon_cosine", "estimator_kwargs.warmup_steps=1")
+    _cfg("estimator=maxmin", "estimator_kwargs.normalize=zscore")
+    _cfg("sampler=vade", "sampler_kwargs.fast_decay=0.5", "loss_kwargs.eps_high=0.28")
+
+
 def test_keywords_coerced_to_their_annotation():
     cfg = _cfg("estimator=0.5*grpo+0.5*rloo", "estimator_kwargs.eps=1e-5", "credit=tppo", "credit_kwargs.lr=1e-3",
                "sampler=vade", "sampler_kwargs.alpha0=2")

@@ -170,7 +170,46 @@ def checked_keywords(cfg: Any) -> dict[str, dict[str, Any]]:
                                         cfg.credit_kwargs)
     out["ter_kwargs"] = check_kwargs("ter_kwargs", "TER (TargetedEntropyRegularizer)",
                                      keyword_params(TargetedEntropyRegularizer), cfg.ter_kwargs)
+    _probe(cfg, out)
     return out
+
+
+_PROBE_ERRORS = (ValueError, TypeError, FloatingPointError)
+
+
+def _probe(cfg: Any, kw: dict[str, dict[str, Any]]) -> None:
+    """Values of the right type but out of range (``eps=-0.4``, ``fast_decay=2``) are refused by the
+    callables themselves; run them once now, on their own worked examples (``grouprl explain``) or
+    a small sampler, so that the refusal comes at load time, not at step 1."""
+    from ..advantages import registry
+    from ..losses import LOSSES, run_example
+    from ..sampling import SAMPLERS
+
+    if kw["estimator_kwargs"]:
+        for _, info, _ in registry.parse(cfg.estimator).terms:
+            own = {k: v for k, v in kw["estimator_kwargs"].items() if k in info.defaults}
+            if not own or not info.example:
+                continue
+            batch, ex_kw = registry.example_batch(info.example)
+            try:
+                registry.compute_advantages(info.name, batch, **ex_kw)
+            except _PROBE_ERRORS:  # pragma: no cover - the worked example itself does not run
+                continue
+            try:
+                registry.compute_advantages(info.name, batch, **{**ex_kw, **own})
+            except _PROBE_ERRORS as exc:
+                raise ValueError(f"estimator_kwargs {own}: estimator {info.name!r} refuses them: {exc}") from None
+    if kw["loss_kwargs"] and LOSSES[cfg.loss].example:
+        try:
+            run_example(cfg.loss, **kw["loss_kwargs"])
+        except _PROBE_ERRORS as exc:
+            raise ValueError(f"loss_kwargs {kw['loss_kwargs']}: policy loss {cfg.loss!r} refuses them: {exc}") from None
+    if kw["sampler_kwargs"]:
+        n = max(16, 2 * cfg.prompts_per_step)
+        try:
+            SAMPLERS[cfg.sampler](n, seed=0, prompt_groups=[i % 2 for i in range(n)], **kw["sampler_kwargs"])
+        except _PROBE_ERRORS as exc:
+            raise ValueError(f"sampler_kwargs {kw['sampler_kwargs']}: sampler {cfg.sampler!r} refuses them: {exc}") from None
 
 
 def check_group_of_one(expr: str, kwargs: dict[str, Any]) -> None:
