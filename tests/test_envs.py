@@ -2,7 +2,6 @@
 tic-tac-toe results, the registry and the optional gymnasium adapter."""
 
 import ast
-import importlib.util
 import pathlib
 import random
 import sys

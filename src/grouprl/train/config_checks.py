@@ -22,7 +22,8 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from ..core import suggest
 
-__all__ = ["keyword_params", "check_kwargs", "check_reward_spec"]
+__all__ = ["keyword_params", "check_kwargs", "check_reward_spec", "check_model", "check_task", "checked_keywords",
+           "check_group_of_one", "MAX_REWARD_TIMEOUT_S"]
 
 _SKIP = frozenset({"self", "cfg", "model", "seed", "prompt_groups", "num_prompts", "batch"})
 
