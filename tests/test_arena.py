@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 import yaml
 
 from grouprl.arena import ArenaError, ArenaStore, SpecError, load_spec, run_arena, spec_from_dict
@@ -37,7 +38,7 @@ def digit_reward(example, completion: str) -> float:
 def mini_spec(name: str = "mini", **kw) -> dict:
     d = dict(name=name, base=dict(TINY), tasks=["mixed"], seeds=[0, 1], baseline="grpo",
              methods={"grpo": {"estimator": "grpo"}, "dr_grpo": {"estimator": "dr_grpo"},
-                      "broken": {"sampler_kwargs": {"no_such_knob": 1}}})
+                      "broken": {"reward_fn": "no_such_module_xyz:score"}})
     d.update(kw)
     return d
 
@@ -115,7 +116,7 @@ def test_mini_arena_cells_rows_and_failures(mini):
     assert {cid: c["status"] for cid, c in cells.items()} == {
         "grpo__mixed__s0": "done", "grpo__mixed__s1": "done", "dr_grpo__mixed__s0": "done",
         "dr_grpo__mixed__s1": "done", "broken__mixed__s0": "failed", "broken__mixed__s1": "failed"}
-    assert "no_such_knob" in cells["broken__mixed__s0"]["error"]
+    assert "no_such_module_xyz" in cells["broken__mixed__s0"]["error"]
     assert meta["spec"]["name"] == "mini" and "torch" in meta["versions"]
     con = _db(mini)
     for cid, c in cells.items():
@@ -160,7 +161,7 @@ def test_report_renders_and_matches_database(mini, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"figures/{name}.png" in md and f'src="figures/{name}.png"' in page
     assert "<table>" in page and "Final score" in page
-    assert "broken__mixed__s0" in md and "no_such_knob" in md  # failed cells are listed
+    assert "broken__mixed__s0" in md and "no_such_module_xyz" in md  # failed cells are listed
     con = _db(mini)
     g, d = _final(con, "grpo"), _final(con, "dr_grpo")
     table = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \| 2 \| .*$", md, flags=re.M)}
@@ -284,7 +285,7 @@ def test_resume_after_sigkill_reruns_only_unfinished_cells(tmp_path):
 
 # ---------------------------------------------------------------------------- ray
 def test_ray_backend_same_store(tmp_path):
-    ray = pytest.importorskip("ray")
+    ray = require("ray")
     spec = spec_from_dict(mini_spec("onray", methods={"grpo": {"estimator": "grpo"}}, seeds=[0],
                                     base={**TINY, "reward_fn": None}))
     sys.path.insert(0, str(SRC))

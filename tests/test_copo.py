@@ -129,7 +129,25 @@ def test_answer_extraction_and_ids():
     assert ids.dtype == torch.int64
     assert ids[0] == ids[1] and ids[0] != ids[2] and ids[3] == ids[4]
     assert answer_ids(["a", "a "], extractor=None).unique().numel() == 2
-    assert stable_id("5") == stable_id("5")
+    # "the same in every process": two interpreters with different hash seeds agree with this one
+    # (and with blake2b-64, little-endian, signed, computed here independently)
+    import ast
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    want = [stable_id(w) for w in ("5", "\\frac{1}{2}", "")]
+    assert want[0] == int.from_bytes(hashlib.blake2b(b"5", digest_size=8).digest(), "little", signed=True)
+    code = "from grouprl.rewards.copo import stable_id; print([stable_id(w) for w in ('5', '\\\\frac{1}{2}', '')], hash('5'))"
+    outs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        ids, h = out.rsplit(" ", 1)
+        assert ast.literal_eval(ids) == want, seed
+        outs.append(int(h))
+    assert outs[0] != outs[1]  # the children really had different hash seeds: hash() differs, the ids do not
     assert answer_ids(["x"], extractor=lambda s: "same")[0] == stable_id("same")
     with pytest.raises(ValueError, match="row 1"):
         answer_ids(["ok", 3])

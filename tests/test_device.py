@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 import torch
 
 from grouprl.models import build_model, build_tokenizer
@@ -243,7 +244,7 @@ def test_sampler_drops_finished_rows_from_the_batch():
 
 # ---------------------------------------------------------------- LoRA
 def test_lora_trains_only_adapters(tmp_path):
-    pytest.importorskip("peft")
+    require("peft")
     model, _tok = _tiny()
     wrapped = apply_lora(model, rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]

@@ -2,13 +2,13 @@
 tic-tac-toe results, the registry and the optional gymnasium adapter."""
 
 import ast
-import importlib.util
 import pathlib
 import random
 import sys
 from collections import deque
 
 import pytest
+from conftest import needs
 
 from grouprl.advantages.gigpo import state_keys
 from grouprl.core import UnknownName
@@ -276,7 +276,7 @@ def test_gym_adapter_without_gymnasium(monkeypatch):
         get_env("frozenlake")
 
 
-needs_gym = pytest.mark.skipif(importlib.util.find_spec("gymnasium") is None, reason="gymnasium is not installed")
+needs_gym = needs("gymnasium")
 
 
 @needs_gym

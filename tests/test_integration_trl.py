@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import require
 
-trl = pytest.importorskip("trl")
-pytest.importorskip("datasets")
+trl = require("trl")
+require("datasets")
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -91,9 +92,10 @@ class RecGroupRL(Recording, GroupRLGRPOTrainer):
     pass
 
 
-def run(tmp_path, cls, steps=2, reward_funcs=(count_a,), batch=4, prompts=PROMPTS, **kwargs):
+def run(tmp_path, cls, steps=2, reward_funcs=(count_a,), batch=4, prompts=PROMPTS, config=None, **kwargs):
     tok = tiny_tokenizer()
     args = GRPOConfig(
+        **(config or {}),
         output_dir=str(tmp_path / cls.__name__),
         per_device_train_batch_size=batch,
         num_generations=4,
@@ -187,10 +189,30 @@ def test_grouprl_loss_reproduces_trl_dapo_over_two_steps(tmp_path):
     assert any(abs(x) > 1e-4 for x in ref_loss)
 
 
-def test_grouprl_loss_with_sequence_aggregation_runs(tmp_path):
-    tr = run(tmp_path, RecGroupRL, estimator="dr_grpo", loss="gspo", loss_agg="seq-mean-token-mean")
-    losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_grouprl_gspo_reproduces_trl_sequence_level_importance_sampling(tmp_path, iterations):
+    # GSPO (arXiv:2507.18071 Eq. 5-7) computed independently by TRL: importance_sampling_level=
+    # "sequence" (s_i = exp(mean_t log ρ_t)) with the per-sequence mean ("grpo" loss type) and the
+    # paper's clip range 3e-4 / 4e-4. grouprl's gspo loss must log the same losses and gradient
+    # norms and, having made the same updates, see the same second-step advantages. With two
+    # iterations per generation the second pass is off-policy: the ratios differ from 1 and clip.
+    common = dict(num_iterations=iterations, steps_per_generation=1) if iterations > 1 else {}
+    ref = run(tmp_path, RecTRL, steps=2 * iterations, config=dict(
+        importance_sampling_level="sequence", loss_type="grpo", epsilon=3e-4, epsilon_high=4e-4, beta=0.0, **common))
+    ours = run(tmp_path, RecGroupRL, steps=2 * iterations, config=dict(common), estimator="grpo",
+               estimator_hparams={"eps": 1e-4}, loss="gspo", loss_agg="seq-mean-token-mean")
+    key = lambda tr, k: [h[k] for h in tr.state.log_history if k in h]  # noqa: E731
+    assert len(key(ours, "loss")) == 2 * iterations
+    torch.testing.assert_close(torch.tensor(key(ours, "loss")), torch.tensor(key(ref, "loss")), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(key(ours, "grad_norm")), torch.tensor(key(ref, "grad_norm")),
+                               atol=1e-6, rtol=1e-5)
+    assert any(g > 1e-3 for g in key(ref, "grad_norm"))  # a real gradient was compared
+    assert len(ours.rec) == len(ref.rec) >= 2
+    for a, b in zip(ref.rec, ours.rec):
+        torch.testing.assert_close(b["advantages"], a["advantages"], atol=1e-5, rtol=0)
+
+
+def test_grouprl_loss_bad_names():
     with pytest.raises(KeyError):
         GroupRLGRPOTrainer(model=None, loss="ppo_clipp")
     with pytest.raises(ValueError, match="token-means"):

@@ -10,10 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import require
 import torch
 
-pytest.importorskip("verl")
-core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+require("verl")
+core_algos = require("verl.trainer.ppo.core_algos")
 
 from omegaconf import OmegaConf  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
@@ -238,6 +239,40 @@ def step_estimator():
     ESTIMATORS._items.pop("_test_step_centered", None)
     core_algos.ADV_ESTIMATOR_REGISTRY.pop("grouprl._test_step_centered", None)
     gv._EST_ADAPTERS.pop("_test_step_centered", None)
+
+
+def test_field_passthrough_never_runs_a_lazy_modules_getattr(tmp_path, monkeypatch):
+    """The patch rebinds modules that imported ``compute_advantage`` before it, reading each
+    module's namespace by key: a lazy module whose ``__getattr__`` raises (transformers' does when a
+    vision processor's dependency is missing) is neither touched nor able to break the import."""
+    import types
+
+    name = f"fake_ray_trainer_lazy_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(FAKE_TRAINER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Lazy(types.ModuleType):
+        def __getattr__(self, item):
+            raise ModuleNotFoundError(f"lazy module: importing {item} needs torchvision")
+
+    lazy = Lazy(f"{name}_lazy")
+    early = types.ModuleType(f"{name}_early")  # bound the name before the patch, like verl's v1 utils
+    monkeypatch.setitem(sys.modules, lazy.__name__, lazy)
+    import importlib
+
+    assert gv.install_field_passthrough(module=name) is False
+    # the hook's target module, loaded by the import system with the lazy module present
+    trainer = importlib.import_module(name)
+    assert getattr(trainer.compute_advantage, "_grouprl_passthrough", False)
+    with pytest.raises(ModuleNotFoundError):
+        lazy.compute_advantage  # noqa: B018 - the lazy module still raises on access: it was never asked
+    # a module that bound the original before the patch is rebound
+    early.compute_advantage = trainer.compute_advantage.__wrapped__
+    monkeypatch.setitem(sys.modules, early.__name__, early)
+    trainer.compute_advantage = trainer.compute_advantage.__wrapped__
+    gv._wrap_compute_advantage(trainer, gv.PREFIX)
+    assert early.compute_advantage is trainer.compute_advantage
+    assert getattr(early.compute_advantage, "_grouprl_passthrough", False)
 
 
 def test_field_passthrough_via_import_hook(tmp_path, monkeypatch, step_estimator):

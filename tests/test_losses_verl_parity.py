@@ -3,10 +3,11 @@ value, gradient and metrics for every shared loss and aggregation mode, the KL e
 value loss. Skipped when verl is absent (it is an optional integration, not a dependency)."""
 
 import pytest
+from conftest import require
 import torch
 
-core = pytest.importorskip("verl.trainer.ppo.core_algos")
-actor_cfg = pytest.importorskip("verl.workers.config.actor")
+core = require("verl.trainer.ppo.core_algos")
+actor_cfg = require("verl.workers.config.actor")
 
 from grouprl.losses import AGG_MODES, kl_penalty, normalizers, policy_loss, value_loss  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,6 +40,10 @@ def batches(draw, min_rows: int = 1):
         old_logprobs=[[-abs(x) - 0.01 for x in row] for row in draw(grid)],
         reward_components=comps,
         reward_baselines=draw(st.lists(dyadic, min_size=B, max_size=B)),
+        metric=draw(st.lists(dyadic, min_size=B, max_size=B)),
+        role=draw(st.lists(st.integers(0, 1), min_size=B, max_size=B)),
+        truncated=draw(st.lists(st.booleans(), min_size=B, max_size=B)),
+        answer=draw(st.lists(st.integers(0, 2), min_size=B, max_size=B)),
         extras={"sum_pi_squared": [[abs(x) for x in row] for row in draw(grid)]},
     )
 
@@ -57,7 +62,9 @@ def permuted(d, perm):
     return out
 
 
-# (name, kwargs) pairs covering every estimator registered in this package
+# (name, kwargs) pairs: every registered estimator that can take the generic property batch
+# (rewards, group, mask, values, old_logprobs, reward_components, reward_baselines, metric, role,
+# truncated, answer, extras.sum_pi_squared) is run on it by the permutation and masking tests.
 ALL = [
     ("grpo", {}),
     ("dr_grpo", {}),
@@ -73,18 +80,43 @@ ALL = [
     ("gae", {"gamma": 0.99, "lam": 0.95}),
     ("reinforce_pp", {"gamma": 0.9}),
     ("optimal_token_baseline", {}),
+    ("advevo_public", {}),
+    ("bgae", {}),
+    ("copo", {}),
+    ("copo_global", {}),
+    ("dapo", {}),
+    ("egae", {}),
+    ("hapo_tlga", {}),
+    ("maxmin", {}),
+    ("ngrpo", {"r_max": 2.0}),  # the batch's rewards reach 2; NGRPO needs r_max >= every reward
+    ("pshw", {}),
 ]
 
-
-MINE = {
-    "grpo", "dr_grpo", "rloo", "opo", "gpg", "grpo_passk", "reinforce_pp_baseline", "gdpo", "remax",
-    "gae", "reinforce_pp", "optimal_token_baseline",
+# Estimators the generic batch cannot exercise, each with the reason (and where it is tested).
+EXCLUDED = {
+    "canon": "splits each group by a stable sort of the entropy metric; ties keep row order (the paper's "
+    "halves), so permuting tied rows changes the split: test_canon.py",
+    "canon_anneal": "as canon (stable-sort halves): test_canon.py",
+    "canon_cosine": "as canon (stable-sort halves): test_canon.py",
+    "canon_cosine_r": "as canon (stable-sort halves): test_canon.py",
+    "canon_random": "random regrouping drawn in row order: not permutation-equivariant by design; test_canon.py",
+    "gigpo": "needs consistent trajectories, steps and state keys (an episode structure): test_gigpo.py",
+    "mars": "needs trajectories with per-step rewards (turn structure): test_mars.py",
+    "read": "needs trajectories, steps and agents (multi-agent turns): test_read.py",
+    "salt": "needs trajectories, steps and transition keys (a rollout tree): test_salt.py",
+    "spo_chain": "needs segment ids and values from SPO's chain rollout: test_spo_egae.py",
+    "spo_tree": "needs node advantages and segment starts from SPO's tree rollout: test_spo_egae.py",
 }
 
 
-def test_every_estimator_of_this_family_is_covered():
-    assert MINE <= set(ESTIMATORS)
-    assert {n for n, _ in ALL} == MINE
+def test_every_registered_estimator_is_covered_or_excluded_with_a_reason():
+    registered = {n for n in ESTIMATORS if not n.startswith("_")}  # "_": tests' own temporary estimators
+    covered = {n for n, _ in ALL}
+    assert not covered & set(EXCLUDED), "an estimator is both covered and excluded"
+    undecided = registered - covered - set(EXCLUDED)
+    assert not undecided, f"new estimator(s) {sorted(undecided)}: add them to ALL or to EXCLUDED with the reason"
+    assert not (covered | set(EXCLUDED)) - registered, "ALL/EXCLUDED name an estimator that is not registered"
+    assert all(len(reason) > 20 for reason in EXCLUDED.values())
 
 
 @SETTINGS
@@ -193,3 +225,9 @@ def test_whitened_estimators_have_zero_mean_unit_variance(d):
         assert abs(a.mean().item()) < 1e-5, name
         if n > 1 and raw.var().item() > 1e-4:  # var/(var + 1e-8) is then within 1e-4 of 1
             assert abs(a.var().item() - 1.0) < 1e-3, name
+
+
+def test_the_coverage_guard_fails_on_an_undecided_estimator(monkeypatch):
+    monkeypatch.setitem(ESTIMATORS._items, "zz_new_estimator", ESTIMATORS["grpo"])
+    with pytest.raises(AssertionError, match="zz_new_estimator"):
+        test_every_registered_estimator_is_covered_or_excluded_with_a_reason()

@@ -38,7 +38,8 @@ def user_fn(example, completion):
 
 @pytest.fixture
 def guard():
-    g = RewardGuard(user_fn, timeout_s=0.5, failure_reward=-1.0)
+    # 2 s per call: the quick calls finish far inside it on a loaded 2-core machine; "hang" sleeps 60 s
+    g = RewardGuard(user_fn, timeout_s=2.0, failure_reward=-1.0)
     yield g
     g.close()
 
@@ -53,7 +54,9 @@ def test_failures_are_contained_counted_and_the_worker_recovers(guard, caplog):
     assert rewards.tolist() == [1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0]
     assert failed.tolist() == [False, True, True, True, True, False, True, True]
     assert guard.failures == {"error": 3, "nan": 2, "timeout": 1} and guard.total_failures == 6
-    assert 0.5 <= elapsed < 3.0  # one timeout, then a fresh worker finishes the batch
+    # one timeout (not before its 2 s), then a fresh worker finishes the batch: the 60 s hang was cut
+    # (the upper margin is wide so that load cannot flake it; it still fails if the hang is waited out)
+    assert 2.0 <= elapsed < 30.0
     assert guard.restarts == 1
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 6  # max_logged=5 failures, then one "not logged" note
@@ -76,14 +79,18 @@ def test_worker_that_dies_is_replaced(guard):
 
 
 def test_batch_timeout_caps_the_whole_batch():
+    # One quick call, then five that would each take 60 s: the batch cap (3 s) cuts them all; no
+    # per-call limit (60 s) fires. The quick call has 3 s of margin, the cap 27 s.
     def slow(example, completion):
-        time.sleep(0.3)
+        if completion != "quick":
+            time.sleep(60)
         return 1.0
 
-    with RewardGuard(slow, timeout_s=5.0, batch_timeout_s=0.5) as g:
+    with RewardGuard(slow, timeout_s=60.0, batch_timeout_s=3.0) as g:
         t0 = time.monotonic()
-        rewards, failed = g.score_batch(EX[:6], ["x"] * 6)
-        assert time.monotonic() - t0 < 2.0
+        rewards, failed = g.score_batch(EX[:6], ["quick"] + ["slow"] * 5)
+        elapsed = time.monotonic() - t0
+        assert 3.0 <= elapsed < 30.0
         assert failed.tolist() == [False, True, True, True, True, True]
         assert g.failures["timeout"] == 5
 

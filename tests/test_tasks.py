@@ -4,6 +4,7 @@ import sys
 import types
 
 import pytest
+from conftest import require
 
 from grouprl.core import UnknownName
 from grouprl.tasks import TASKS, Arithmetic, Example, Mixed, Task, first_line, get_task
@@ -189,7 +190,7 @@ def test_reasoning_gym_missing_says_how_to_install(monkeypatch):
 
 
 def test_reasoning_gym_real_if_installed():
-    pytest.importorskip("reasoning_gym")
+    require("reasoning_gym")
     t = get_task("rg:leg_counting", seed=0, size=20, eval_size=5)
     assert len(t.eval_examples) == 5 and 0 < len(t.train_pool) <= 20
     e = t.eval_examples[0]

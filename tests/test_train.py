@@ -126,13 +126,14 @@ def test_failing_reward_function_is_counted_not_fatal(tmp_path):
 
 # ---------------------------------------------------------------------------- config
 def test_override_syntaxes():
-    got = parse_overrides(["estimator=dr_grpo", "--model", "5M", "--lr=3e-4", "--kl_in_reward",
+    got = parse_overrides(["estimator=grpo", "--model", "5M", "--lr=3e-4", "--kl_in_reward",
                            "estimator_kwargs.eps=1e-5", "--group-size", "4"])
-    assert got == {"estimator": "dr_grpo", "model": "5M", "lr": "3e-4", "kl_in_reward": got["kl_in_reward"],
+    assert got == {"estimator": "grpo", "model": "5M", "lr": "3e-4", "kl_in_reward": got["kl_in_reward"],
                    "estimator_kwargs": {"eps": "1e-5"}, "group_size": 4}
     cfg = build_config(got)
     assert cfg.model == "5M" and cfg.lr == 3e-4 and cfg.kl_in_reward is True and cfg.group_size == 4
-    assert cfg.estimator_kwargs == {"eps": "1e-5"}
+    # YAML reads 1e-5 as a string; the check against grpo's signature (eps: float) coerces it
+    assert cfg.estimator_kwargs == {"eps": 1e-5} and isinstance(cfg.estimator_kwargs["eps"], float)
 
 
 def test_unknown_key_suggests_close_matches():
@@ -159,10 +160,12 @@ def test_bad_values_name_the_field():
 
 def test_yaml_config_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("estimator: dr_grpo\nsteps: 7\nestimator_kwargs: {eps: 0.001}\n")
-    cfg = load_config(p, parse_overrides(["steps=9", "estimator_kwargs.std_ddof=0"]))
-    assert cfg.estimator == "dr_grpo" and cfg.steps == 9
-    assert cfg.estimator_kwargs == {"eps": 0.001, "std_ddof": 0}
+    p.write_text("estimator: grpo\nsteps: 7\nestimator_kwargs: {eps: 0.001}\n")
+    cfg = load_config(p, parse_overrides(["steps=9", "estimator_kwargs.ddof=0"]))
+    assert cfg.estimator == "grpo" and cfg.steps == 9
+    assert cfg.estimator_kwargs == {"eps": 0.001, "ddof": 0}
+    with pytest.raises(ConfigError, match=r"estimator_kwargs.std_ddof: estimator 'grpo' has no keyword 'std_ddof'"):
+        load_config(p, parse_overrides(["estimator_kwargs.std_ddof=0"]))
     with pytest.raises(ConfigError, match="reward_fn: cannot import"):
         train(build_config({"reward_fn": "no_such_module_xyz:f", "out_dir": str(tmp_path), "progress": False}))
     with pytest.raises(ConfigError, match="does not exist"):

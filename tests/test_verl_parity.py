@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import require
 import torch
 
-core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+core_algos = require("verl.trainer.ppo.core_algos")
 
 from grouprl import Rollouts, compute_advantages  # noqa: E402
 from grouprl.advantages.gae import gae_with_returns  # noqa: E402

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..core import Rollouts, group_stats
+from ..core.groups import check_eps
 from ._common import apply_singleton
 from .registry import estimator
 
@@ -35,6 +37,7 @@ def grpo(
     """
     if scale not in SCALES:
         raise ValueError(f"grpo: scale={scale!r}; choose one of {SCALES}")
+    check_eps(eps)
     st = group_stats(batch.rewards, batch.group, batch.num_groups, ddof=ddof)
     if scale == "group":
         adv = st.zscore(batch.rewards, eps)
@@ -43,6 +46,9 @@ def grpo(
     if scale == "batch":
         r = batch.rewards.double()
         std = r.std(correction=ddof) if len(batch) > ddof else r.new_zeros(())
+        if not bool(torch.isfinite(std)):  # rewards near the float64 limit: scale by max |r| first
+            s = r.abs().max()
+            adv, std, eps = adv / s, (r / s).std(correction=ddof), eps / s
         adv = adv / (std + eps) if float(std + eps) > 0 else adv
     return apply_singleton(adv, st, batch.rewards, singleton, "grpo")
 

@@ -13,6 +13,7 @@ and post-transforms with ``.then("whiten")`` or ``"grpo | whiten"``.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,6 +33,7 @@ __all__ = [
     "ESTIMATORS",
     "TRANSFORMS",
     "group_diagnostics",
+    "example_batch",
 ]
 
 
@@ -124,6 +126,16 @@ def scale(adv: Tensor, batch: Rollouts, *, value: float = 1.0) -> Tensor:
     return adv * value
 
 
+def example_batch(example: dict[str, Any]) -> tuple[Rollouts, dict[str, Any]]:
+    """The ``Rollouts`` of a registered worked example (``grouprl explain``) and its kwargs: one
+    group unless ``group`` is given, one response token per row unless ``mask`` is."""
+    fields = {k: v for k, v in example.items() if k != "kwargs"}
+    n = len(fields["rewards"])
+    fields.setdefault("group", [0] * n)
+    fields.setdefault("mask", [[1]] * n)
+    return Rollouts(**fields), dict(example.get("kwargs", {}))
+
+
 # ---------------------------------------------------------------------------------------------
 def _check_needs(info: EstimatorInfo, batch: Rollouts) -> None:
     missing = [f for f in info.needs if not batch.has(f)]
@@ -146,11 +158,15 @@ def _finish(out: Tensor, batch: Rollouts, who: str, masked: bool = False) -> Ten
     if out.dim() == 1:
         if out.shape[0] != len(batch):
             raise ValueError(f"estimator {who!r} returned {tuple(out.shape)}, expected ({len(batch)},)")
-        bad = ~torch.isfinite(out)
+        out32 = out.to(torch.float32)  # checked after the cast: a float64 1.5e308 is inf in float32
+        bad = ~torch.isfinite(out32)
         if bool(bad.any()):
             r = int(bad.nonzero()[0, 0])
-            raise FloatingPointError(f"estimator {who!r} produced a non-finite advantage at row {r}.")
-        return broadcast(out, batch.mask)
+            raise FloatingPointError(
+                f"estimator {who!r} produced a non-finite advantage at row {r} ({out[r].item():g} as float64, "
+                f"{out32[r].item()} as float32); rescale the rewards of that row's group (reward {batch.rewards[r].item():g})."
+            )
+        return broadcast(out32, batch.mask)
     if tuple(out.shape) != tuple(batch.mask.shape):
         raise ValueError(
             f"estimator {who!r} returned {tuple(out.shape)}, expected (B,) or (B, T) = "
@@ -176,6 +192,8 @@ class Estimator:
 
     # composition -------------------------------------------------------------------------
     def __mul__(self, c: float) -> "Estimator":
+        if not math.isfinite(float(c)):
+            raise ValueError(f"an estimator's weight must be a finite number, got {c!r}")
         if self.transforms:
             raise ValueError("scale an estimator before adding transforms, or use .then('scale', value=c)")
         return Estimator([(w * float(c), i, k) for w, i, k in self.terms])
@@ -221,6 +239,12 @@ class Estimator:
         assert total is not None
         for name, kwargs in self.transforms:
             total = torch.where(batch.mask, TRANSFORMS[name](total, batch, **kwargs), 0.0)
+        if (len(self.terms) > 1 or self.transforms or self.terms[0][0] != 1.0) and not bool(torch.isfinite(total.sum())):
+            bad = ~torch.isfinite(total)  # each term was finite: the weights or transforms overflowed
+            if bool(bad.any()):
+                r = int(bad.any(dim=1).nonzero()[0, 0])
+                raise FloatingPointError(f"{self!r} produced a non-finite advantage at row {r}: a weight or a "
+                                         "transform overflowed; use smaller weights or transform values.")
         return total
 
 
@@ -233,6 +257,18 @@ def get(name: str, **kwargs: Any) -> Estimator:
 
 _TERM = re.compile(r"^\s*(?:([0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][\w.]*)\s*$")
 _TRANSFORM = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\(\s*([^)]*)\))?\s*$")
+
+
+def _number(text: str, what: str, expr: str) -> float:
+    """A finite number of a composition string, or a ValueError naming it and the expression."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise ValueError(f"{what} in {expr!r} is {text.strip()!r}, not a number; write e.g. '0.7*grpo' "
+                         "or 'clip(3)'") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{what} in {expr!r} is {text.strip()!r} = {x}; use a finite number")
+    return x
 
 
 def parse(expr: str, **hparams: Any) -> Estimator:
@@ -248,7 +284,7 @@ def parse(expr: str, **hparams: Any) -> Estimator:
         m = _TERM.match(piece)
         if not m:
             raise ValueError(f"cannot parse estimator term {piece.strip()!r} in {expr!r}; write e.g. '0.7*grpo'")
-        w = float(m.group(1)) if m.group(1) else 1.0
+        w = _number(m.group(1), f"the weight of {m.group(2)!r}", expr) if m.group(1) else 1.0
         info = ESTIMATORS[m.group(2)]
         kw = {k: v for k, v in hparams.items() if k in info.defaults}
         used.update(kw)
@@ -267,14 +303,30 @@ def parse(expr: str, **hparams: Any) -> Estimator:
             raise ValueError(f"cannot parse transform {piece.strip()!r} in {expr!r}; write e.g. 'clip(3)'")
         name, arg = m.group(1), m.group(2)
         kwargs: dict[str, Any] = {}
+        fn_defaults = _keyword_defaults(TRANSFORMS[name])
         if arg:
-            fn_defaults = _keyword_defaults(TRANSFORMS[name])
             if "=" in arg:
                 for kv in arg.split(","):
-                    k, v = kv.split("=", 1)
-                    kwargs[k.strip()] = float(v) if k.strip() != "shift_mean" else v.strip() == "True"
-            elif fn_defaults:
-                kwargs[next(iter(fn_defaults))] = float(arg)
+                    k, eq, v = kv.partition("=")
+                    k = k.strip()
+                    if not eq:
+                        raise ValueError(f"cannot parse {kv.strip()!r} in transform {piece.strip()!r} of {expr!r}; "
+                                         f"write e.g. '{name}(value=3)'")
+                    if isinstance(fn_defaults.get(k), bool):
+                        if v.strip() not in ("True", "False"):
+                            raise ValueError(f"transform {name!r}: {k}={v.strip()!r} in {expr!r}; write True or False")
+                        kwargs[k] = v.strip() == "True"
+                    else:
+                        kwargs[k] = _number(v, f"{name}'s {k}", expr)
+            elif fn_defaults and not isinstance(next(iter(fn_defaults.values())), bool):
+                kwargs[next(iter(fn_defaults))] = _number(arg, f"{name}'s {next(iter(fn_defaults))}", expr)
+            else:
+                named = ", ".join(f"{k}=..." for k in fn_defaults) or "no argument"
+                raise ValueError(f"transform {name!r} takes {named}; write e.g. '{name}' or "
+                                 f"'{name}({next(iter(fn_defaults), 'value')}=...)' in {expr!r}")
+        if name == "clip" and kwargs.get("value", 0.0) < 0:
+            raise ValueError(f"transform 'clip': value={kwargs['value']:g} in {expr!r}; clip to [-value, value] "
+                             "needs value >= 0")
         est = est.then(name, **kwargs)
     return est
 

@@ -11,13 +11,9 @@ from .app import app
 
 
 def _example_batch(example: dict):
-    from ..core import Rollouts
+    from ..advantages.registry import example_batch
 
-    fields = {k: v for k, v in example.items() if k != "kwargs"}
-    n = len(fields["rewards"])
-    fields.setdefault("group", [0] * n)
-    fields.setdefault("mask", [[1]] * n)
-    return Rollouts(**fields), dict(example.get("kwargs", {}))
+    return example_batch(example)
 
 
 @app.command("list")

@@ -57,10 +57,17 @@ def _as_tensor(name: str, x: Any, dtype: torch.dtype | None = None, device=None)
     if isinstance(x, Tensor):
         t = x
     else:
+        if x is None:
+            raise ValueError(f"Rollouts.{name} is None; it is required: pass an array with one entry per row.")
         try:
             arr = np.asarray(x)
         except ValueError:  # numpy refuses ragged nested lists
             arr = np.empty(0, dtype=object)
+        if arr.dtype.kind in "USa":
+            raise ValueError(
+                f"Rollouts.{name}: got text (e.g. {arr.reshape(-1)[0].item()!r}); pass numbers "
+                "(convert them, e.g. float(x), before building the batch)."
+            )
         if arr.dtype == object:
             raise ValueError(
                 f"Rollouts.{name}: got a ragged or object array; pass a rectangular numeric array "
@@ -148,6 +155,11 @@ class Rollouts:
 
         # Group labels -> dense ids, unless already dense (a re-validation after replace()).
         if not (isinstance(self.group, Tensor) and self.group.dtype == torch.int64 and self.num_groups >= 0):
+            if self.group is None or isinstance(self.group, (str, bytes)) or not hasattr(self.group, "__len__"):
+                raise ValueError(
+                    f"Rollouts.group: got {type(self.group).__name__}; pass one group label per row "
+                    f"({B} labels: the prompt or environment each row was sampled for)."
+                )
             ids, n, labels = factorize(self.group)
             self.group, self.num_groups, self.group_labels = ids.to(dev), n, labels
         if self.group.shape != (B,):

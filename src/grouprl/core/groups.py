@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GroupStats", "group_stats", "factorize"]
+__all__ = ["GroupStats", "group_stats", "factorize", "check_eps"]
 
 
 def factorize(labels) -> tuple[Tensor, int, list | None]:
@@ -118,7 +118,16 @@ class GroupStats:
         return out.masked_fill_(self.rows(self.constant), 0.0)
 
     def zscore(self, values: Tensor, eps: float = 1e-6) -> Tensor:
-        """(values − mean) / (std + eps), exactly 0.0 on constant groups (float64), also for eps = 0."""
+        """(values − mean) / (std + eps), exactly 0.0 on constant groups (float64), also for eps = 0.
+
+        ``eps`` >= 0 (a negative eps shrinks the denominator: eps = −0.4 with std 0.5 scales the
+        advantages tenfold). Rewards so large that the float64 sum or variance overflows (e.g.
+        ±1e308) are standardised in a scaled form, (x/s − mean/s) / (std/s + eps/s) with s the
+        group's largest |x|, which is the same quantity without the overflow.
+        """
+        check_eps(eps)
+        if not bool(torch.isfinite(self.std).all()):  # one check per call, on per-group values
+            return _zscore_scaled(values, self.ids, self.num_groups, self.ddof, eps)
         std = self.rows(self.std) + eps
         return self.centered(values) / torch.where(std > 0, std, torch.ones_like(std))
 
@@ -127,6 +136,28 @@ class GroupStats:
         n = self.rows(self.count).to(torch.float64)
         others = self.rows(self.sum) - values.to(torch.float64)
         return torch.where(n > 1, others / (n - 1).clamp_min(1.0), torch.zeros_like(others))
+
+
+def check_eps(eps: object, name: str = "eps") -> None:
+    """``eps`` of a standardisation: a finite real number >= 0, else an error naming it."""
+    if isinstance(eps, Tensor) and eps.numel() == 1:
+        eps = eps.item()
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}={eps!r}: expected a number >= 0 (the default is 1e-6)")
+    if not (eps >= 0 and np.isfinite(eps)):
+        raise ValueError(
+            f"{name}={eps!r}: the denominator is std + {name}, so {name} must be a finite number >= 0 "
+            "(a negative one shrinks it and inflates the advantages); the default is 1e-6"
+        )
+
+
+def _zscore_scaled(values: Tensor, ids: Tensor, num_groups: int, ddof: int, eps: float) -> Tensor:
+    x = values.to(torch.float64)
+    s = _scatter("amax", x.abs(), ids, num_groups, 0.0)
+    s = torch.where(s > 0, s, torch.ones_like(s))[ids]
+    st = group_stats(x / s, ids, num_groups, ddof=ddof)  # |x/s| <= 1: nothing overflows
+    std = st.rows(st.std) + eps / s
+    return st.centered(x / s) / torch.where(std > 0, std, torch.ones_like(std))
 
 
 def _scatter(op: str, src: Tensor, ids: Tensor, num_groups: int, init: float) -> Tensor:

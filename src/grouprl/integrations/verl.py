@@ -601,13 +601,16 @@ def _wrap_compute_advantage(mod: Any, prefix: str) -> None:
     compute_advantage._grouprl_passthrough = True  # type: ignore[attr-defined]
     compute_advantage.__wrapped__ = original  # type: ignore[attr-defined]
     mod.compute_advantage = compute_advantage
-    # Modules that imported the name before the patch (verl.trainer.ppo.v1.utils, recipes).
+    # Modules that imported the name before the patch (verl.trainer.ppo.v1.utils, recipes). Each
+    # module's own namespace is read by key, never with getattr: a lazy module's __getattr__ (e.g.
+    # transformers', which imports a vision processor on access) must not run from an import hook.
     for other in list(sys.modules.values()):
-        if other is not mod and getattr(other, "compute_advantage", None) is original:
-            try:
-                other.compute_advantage = compute_advantage
-            except (AttributeError, TypeError):  # pragma: no cover - exotic module objects
-                pass
+        try:
+            namespace = vars(other)
+        except TypeError:  # an object without a __dict__ in sys.modules
+            continue
+        if other is not mod and namespace.get("compute_advantage") is original:
+            namespace["compute_advantage"] = compute_advantage
 
 
 class _WrappedLoader(importlib.abc.Loader):

@@ -14,7 +14,8 @@ normalisers it is given, and adds the KL and entropy terms.
 
 All metrics are 0-d detached tensors normalised by the same global counts as the loss, so the
 metrics of the micro-batches of one mini-batch SUM to the full-batch metric. Nothing calls
-``Tensor.item``; the only host sync is the NaN check of the advantages (``validate=False`` removes it).
+``Tensor.item``; the only host sync is the check that the advantages are finite and the log-probs not NaN on
+the valid tokens (``validate=False`` removes it). A mask that is not bool must hold only 0 and 1.
 """
 
 from __future__ import annotations
@@ -129,9 +130,33 @@ def _as_float(x: Any, like: Tensor, name: str, shape: tuple[int, ...]) -> Tensor
     return t.to(like.dtype)
 
 
-def _check_finite(adv: Tensor, mask: Tensor) -> None:
+def _check_binary_mask(m: Tensor) -> None:
+    if m.is_complex():
+        raise ValueError("mask: complex dtype; pass a bool or 0/1 tensor (1 = response token that is trained on).")
+    bad = (m != 0) & (m != 1)  # NaN compares unequal to both
+    if bool(bad.any()):
+        r, t = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"mask has the value {m[r, t].tolist()} at row {r} (token {t}); a mask is 0/1 (or bool): 1 = a response "
+            "token that is trained on. Weight tokens with rollout_is_weights, not with the mask."
+        )
+
+
+def _check_finite(adv: Tensor, mask: Tensor, logprobs: Tensor | None = None, old: Tensor | None = None) -> None:
+    """Advantages finite, and log-probs not NaN, on the valid tokens: one host sync in all."""
     bad = mask & ~torch.isfinite(adv)
+    nan_lp = None
+    if logprobs is not None and old is not None:
+        nan_lp = mask & (torch.isnan(logprobs) | torch.isnan(old))
+        bad = bad | nan_lp
     if bool(bad.any()):  # the one host sync; skipped with validate=False
+        if nan_lp is not None and bool(nan_lp.any()):
+            r, t = (int(v) for v in nan_lp.nonzero()[0])
+            name = "logprobs" if bool(torch.isnan(logprobs[r, t])) else "old_logprobs"
+            raise ValueError(
+                f"{name} is NaN at row {r} (token {t}), a token the mask trains on; the loss would be NaN. "
+                "Check the model's forward (a NaN in its weights or logits) or mask that token out."
+            )
         r, t = (int(v) for v in bad.nonzero()[0])
         what = "NaN" if bool(torch.isnan(adv[r, t])) else "an infinite value"
         raise ValueError(
@@ -151,11 +176,13 @@ def _prepare(logprobs, old_logprobs, advantages, mask, validate: bool):
     m = torch.as_tensor(mask, device=logprobs.device)
     if tuple(m.shape) != shape:
         raise ValueError(f"mask has shape {tuple(m.shape)}, expected {shape} like logprobs")
+    if m.dtype != torch.bool:  # README: a mask that is not 0/1 is an error (a bool mask needs no check)
+        _check_binary_mask(m)
     m = m.to(torch.bool)
     old = _as_float(old_logprobs, logprobs, "old_logprobs", shape).detach()
     adv = _as_float(advantages, logprobs, "advantages", shape).detach()
     if validate:
-        _check_finite(adv, m)
+        _check_finite(adv, m, logprobs.detach(), old)
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     lp = torch.where(m, logprobs, zero)
     return lp, torch.where(m, old, zero), torch.where(m, adv, zero), m, zero

@@ -16,6 +16,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_checks import (
+    MAX_REWARD_TIMEOUT_S,
+    check_group_of_one,
+    check_model,
+    check_reward_spec,
+    check_task,
+    checked_keywords,
+)
+
 __all__ = ["TrainConfig", "ConfigError", "parse_overrides", "load_config", "build_config", "RESUMABLE_FIELDS"]
 
 
@@ -26,7 +35,8 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     """Every knob of ``grouprl train`` (and ``grouprl sft``), with its default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field is finite (lr=inf, reward_timeout_s=inf are refused here)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # run
     name: str | None = Field(None, description="run name; the run dir is out_dir/name (default: a timestamp)")
@@ -210,8 +220,68 @@ class TrainConfig(BaseModel):
         try:
             registry.parse(v)
         except Exception as exc:  # UnknownName (with suggestions) or a malformed expression
-            raise ValueError(str(exc).strip("'\"")) from None
+            raise ValueError(str(exc)) from None  # UnknownName's str() has no KeyError quotes
         return v
+
+    @field_validator("reward_timeout_s")
+    @classmethod
+    def _reward_timeout(cls, v: float) -> float:
+        if v > MAX_REWARD_TIMEOUT_S:  # the guard's poll() overflows on larger values
+            raise ValueError(f"reward_timeout_s={v:g} s is more than a day ({MAX_REWARD_TIMEOUT_S:g} s); use at most that")
+        return v
+
+    @field_validator("norm_const")
+    @classmethod
+    def _norm_const(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"norm_const={v:g}: the loss divides by it; pass a positive number (default max_new_tokens)")
+        return v
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        from ..sampling import SAMPLERS
+
+        SAMPLERS[v]  # UnknownName with close matches
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None:
+            from ..envs import ENVS
+
+            ENVS[v]  # UnknownName with close matches
+        return v
+
+    @field_validator("reward_fn")
+    @classmethod
+    def _reward_fn(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_reward_spec("reward_fn", v)
+        return v
+
+    @field_validator("reward_components")
+    @classmethod
+    def _reward_components(cls, v: list[str]) -> list[str]:
+        for i, spec in enumerate(v):
+            if spec != "task":
+                check_reward_spec(f"reward_components[{i}]", spec)
+        return v
+
+    @model_validator(mode="after")
+    def _names_and_keywords(self) -> "TrainConfig":
+        """Names looked up and keyword dicts checked against their callables (config_checks)."""
+        if self.env is None:
+            check_task(self.task)
+        if self.init is None:
+            check_model(self.model)
+        # coerced values are written past validate_assignment (no re-validation loop)
+        for name, value in checked_keywords(self).items():
+            self.__dict__[name] = value
+        if self.group_size == 1:
+            check_group_of_one(self.estimator, self.estimator_kwargs)
+        return self
 
     @field_validator("device")
     @classmethod
@@ -333,8 +403,11 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
             msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a whole-config check: its message names the fields itself
+                lines.append(msg)
+                continue
+            where = ".".join(str(p) for p in err["loc"])
             lines.append(f"{where}: {msg} (got {err.get('input')!r})")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
