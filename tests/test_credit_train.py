@@ -147,3 +147,37 @@ def test_value_head_is_built_on_the_policy_device():
                                        num_key_value_heads=1, intermediate_size=32)).to("meta")
     vm = ValueModel(pol)
     assert {p.device.type for p in vm.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("adv_method", ["rloo", "grpo"])
+@pytest.mark.parametrize("v", [0.1, 0.7, 1 / 3])
+def test_spo_tree_equal_children_are_not_trained_on(tmp_path, adv_method, v):
+    """In the credit hook: prompt 0's leaves all score v (every node of its tree has equal children, at
+    every depth), prompt 1's leaves score by their last token. Scores are float64, so the float mean of
+    equal children can drift from them (v = 0.1 or 0.7 with 3 children). No edge of prompt 0 is kept, trained on
+    or counted in ``spo_tree/edges_kept``; prompt 1's non-zero edges are."""
+    from test_prefix_rollout import base_gen, tiny_model
+
+    from grouprl.advantages.spo import TREE_ADV_METHODS
+    from grouprl.train.credit import CreditContext, SpoTreeCredit
+
+    assert adv_method in TREE_ADV_METHODS
+    model = tiny_model()
+    cfg = build_config(tiny_overrides(tmp_path, estimator="spo_tree", credit="spo_tree", max_new_tokens=6, temperature=2.0))
+    credit = SpoTreeCredit(cfg, model, branch=[3, 3], segment_len=1, adv_method=adv_method, max_edges=None)
+
+    def score(g):
+        last = g.response_ids.gather(1, (g.lengths - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+        return torch.where(g.prompt_index == 0, torch.tensor(v, dtype=torch.float64), (last % 3).double() / 2)
+
+    ctx = CreditContext(model, cfg, 2, score, torch.Generator().manual_seed(3))
+    out = credit.extend_rollout(base_gen(model, n=3, T=6), ctx)
+    kept_prompts = out.prompt_index[out.extras["node_advantage"] != 0]
+    assert out.prompt_index.tolist().count(0) == 0 and len(out) > 0  # no row of prompt 0's tree
+    assert bool((kept_prompts == 1).all())
+    assert credit._metrics["spo_tree/edges_kept"] == float(len(out))
+    # every leaf scores v: no edge at all; the step falls back to the depth-0 rows with advantage 0 (zero loss)
+    credit_all = SpoTreeCredit(cfg, model, branch=[3, 3], segment_len=1, adv_method=adv_method, max_edges=None)
+    none = credit_all.extend_rollout(base_gen(model, n=3, T=6), CreditContext(model, cfg, 2, lambda g: torch.full((len(g),), v, dtype=torch.float64),
+                                                                        torch.Generator().manual_seed(3)))
+    assert credit_all._metrics["spo_tree/edges_kept"] == 0.0 and none.extras["node_advantage"].abs().sum() == 0

@@ -13,6 +13,7 @@ from grouprl.advantages.spo import (
     spo_prob_mask,
     spo_segment_ids,
     spo_segment_starts,
+    TREE_ADV_METHODS,
     spo_tree_advantages,
 )
 
@@ -112,6 +113,51 @@ def test_tree_unequal_subtrees_and_errors():
         spo_tree_advantages(torch.tensor([1, 0]), torch.zeros(2))
     with pytest.raises(ValueError, match="adv_method"):
         spo_tree_advantages(PARENT, REWARD, adv_method="mean")
+
+
+EQUAL = [0.1, 0.7, 1 / 3]
+
+
+def _float_mean_drifts(v: float, n: int) -> bool:
+    return sum([v] * n) / n != v
+
+
+def test_equal_children_float_mean_drifts():
+    # why max == min and not the mean: the float mean of equal children can differ from them
+    assert _float_mean_drifts(0.1, 3) and _float_mean_drifts(0.7, 3) and _float_mean_drifts(0.1, 6)
+
+
+@pytest.mark.parametrize("adv_method", sorted(TREE_ADV_METHODS))
+@pytest.mark.parametrize("v", EQUAL)
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_tree_equal_children_depth1_all_dropped(adv_method, v, n):
+    # one root with n leaves of reward v (spo.md §4: every child edge of such a node is dropped)
+    parent = torch.tensor([-1] + [0] * n)
+    vals, a, keep = spo_tree_advantages(parent, torch.tensor([0.0] + [v] * n, dtype=torch.float64), adv_method=adv_method)
+    assert vals[0].item() == v  # exactly the children's value, not their float mean
+    assert a.tolist() == [0.0] * (n + 1)
+    assert keep.tolist() == [False] * (n + 1)
+
+
+@pytest.mark.parametrize("adv_method", sorted(TREE_ADV_METHODS))
+@pytest.mark.parametrize("v", EQUAL)
+def test_tree_equal_children_depth2_and_3(adv_method, v):
+    # depth 2: root(0) -> c1(1), c2(2); c1 -> leaves 3, 4, 5 all v; c2 -> leaves 6, 7 with rewards 0, 1
+    parent = torch.tensor([-1, 0, 0, 1, 1, 1, 2, 2])
+    r = torch.tensor([0, 0, 0, v, v, v, 0, 1], dtype=torch.float64)
+    vals, a, keep = spo_tree_advantages(parent, r, adv_method=adv_method)
+    assert vals[1].item() == v and vals[2].item() == 0.5 and vals[0].item() == (v + 0.5) / 2
+    assert a[3:6].tolist() == [0.0] * 3 and keep.tolist() == [False, True, True, False, False, False, True, True]
+    div = 1.0 if adv_method == "rloo" else abs(v - 0.5) / 2 + 1e-8  # population std of {v, 0.5}
+    assert a[1].item() == pytest.approx((v - (v + 0.5) / 2) / div, rel=1e-12)
+    assert a[6].item() == pytest.approx(-0.5 / (1.0 if adv_method == "rloo" else 0.5 + 1e-8), rel=1e-12)
+    # depth 3: root(0) -> a(1), b(2: a leaf of reward v); a -> a1(3), a2(4); a1 -> 5, 6, 7; a2 -> 8, 9, 10, all v:
+    # every inner node has equal children (a1, a2 = v exactly; then a = v, b = v), so no edge is kept
+    parent = torch.tensor([-1, 0, 0, 1, 1, 3, 3, 3, 4, 4, 4])
+    r = torch.tensor([0, 0, v, 0, 0] + [v] * 6, dtype=torch.float64)
+    vals, a, keep = spo_tree_advantages(parent, r, adv_method=adv_method)
+    assert vals.tolist() == [v] * 11
+    assert a.tolist() == [0.0] * 11 and not bool(keep.any())
 
 
 # ------------------------------------------------------------------ EGAE

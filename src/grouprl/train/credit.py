@@ -28,7 +28,8 @@ from torch import Tensor
 
 from ..advantages.egae import egae_value_mask, egae_with_returns
 from ..advantages.gae import gae_with_returns
-from ..advantages.spo import PROB_THRESHOLD, spo_prob_mask, spo_segment_ids, spo_segment_starts, spo_tree_advantages
+from ..advantages.spo import (PROB_THRESHOLD, check_tree_adv_method, spo_prob_mask, spo_segment_ids, spo_segment_starts,
+                             spo_tree_advantages)
 from ..core import Registry, Rollouts
 from ..losses import normalizers, value_loss
 from ..rollout import Generation
@@ -213,8 +214,7 @@ class SpoTreeCredit(Credit):
                  segment_len: int = 30, adv_method: str = "rloo", max_edges: int | None = 32,
                  prob_mask: bool = True, threshold: float = PROB_THRESHOLD) -> None:
         super().__init__(cfg, model)
-        if adv_method not in ("rloo", "grpo"):
-            raise ValueError(f"credit 'spo_tree': adv_method={adv_method!r}; choose 'rloo' or 'grpo'.")
+        check_tree_adv_method(adv_method, "credit 'spo_tree'")
         self.branch, self.segment_len, self.adv_method = tuple(int(b) for b in branch), int(segment_len), adv_method
         self.max_edges, self.prob_mask, self.threshold = max_edges, bool(prob_mask), float(threshold)
         self._mask: Tensor | None = None
@@ -227,14 +227,14 @@ class SpoTreeCredit(Credit):
                             top_p=cfg.top_p, generator=ctx.generator)
         nodes = tree.gen
         N = len(nodes)
-        rewards = torch.zeros(N)
+        rewards = torch.zeros(N, dtype=torch.float64)  # the scorer's precision (float64 values of the tree)
         leaf_rows = tree.leaf.nonzero().squeeze(1)
-        rewards[leaf_rows] = torch.as_tensor(ctx.score(nodes.select(leaf_rows)), dtype=torch.float32)
+        rewards[leaf_rows] = torch.as_tensor(ctx.score(nodes.select(leaf_rows))).to(torch.float64)
         root_of = torch.unique(nodes.prompt_index, return_inverse=True)[1]
         n_roots = int(root_of.max()) + 1
         parent = torch.where(tree.parent < 0, N + root_of, tree.parent)
         values, adv, keep = spo_tree_advantages(torch.cat([parent, torch.full((n_roots,), -1)]),
-                                                torch.cat([rewards, torch.zeros(n_roots)]), adv_method=self.adv_method)
+                                                torch.cat([rewards, rewards.new_zeros(n_roots)]), adv_method=self.adv_method)
         keep = keep[:N]
         if self.max_edges is not None:
             keep = cap_per_group(keep, root_of, int(self.max_edges), ctx.generator)
