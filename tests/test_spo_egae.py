@@ -205,3 +205,44 @@ def test_egae_bootstrap_with_discount_and_value_mask():
     assert vm.tolist() == [[False] * 3, [True] * 3]
     with pytest.raises(ValueError, match="truncated"):
         compute_advantages("egae", Rollouts(rewards=[1.0], group=[0], mask=torch.ones(1, 4), values=V))
+
+
+# ------------------------------------------------------------------ length-adaptive λ (T-PPO §2.2, VAPO)
+def test_length_adaptive_lam_values():
+    from grouprl.advantages.egae import length_adaptive_lam
+
+    # λ = 1 − 1/(α L): α = 0.05 and L = 40 -> 0.5; L = 200 -> 0.9; L = 20 -> 0; L < 20 -> below 0, clamped to 0
+    lam = length_adaptive_lam(torch.tensor([40, 200, 20, 3, 0]), 0.05)
+    assert lam.tolist() == pytest.approx([0.5, 0.9, 0.0, 0.0, 0.0], abs=1e-15)
+    assert length_adaptive_lam(torch.tensor([4]), 5.0).item() == 1 - 1 / 20
+    with pytest.raises(ValueError, match="lam_alpha=0.0"):
+        length_adaptive_lam(torch.tensor([4]), 0.0)
+
+
+def test_egae_length_adaptive_worked_example_and_per_row():
+    # the spec's truncated example (L = 4) with α = 5: λ = 1 − 1/(5·4) = 0.95, the example's λ
+    a = compute_advantages("egae", egae_batch(True), gamma=1.0, lam_alpha=5.0)
+    assert torch.allclose(a, torch.tensor([[0.1998, 0.105, -0.1, 0.0]]), atol=1e-4)
+    # rows of different lengths get their own λ: each row equals a one-row EGAE with λ = 1 − 1/(α L)
+    g = torch.Generator().manual_seed(2)
+    B, T = 6, 70  # longer than one 32-token chunk of the scan
+    values = torch.rand(B, T, generator=g)
+    lengths = torch.tensor([70, 45, 33, 21, 5, 64])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    trunc = torch.tensor([True, False, True, False, True, False])
+    b = Rollouts(rewards=torch.rand(B, generator=g), group=torch.arange(B), mask=mask, values=values, truncated=trunc)
+    alpha = 0.05
+    a = compute_advantages("egae", b, lam_alpha=alpha)
+    for i in range(B):
+        L = int(lengths[i])
+        lam = max(0.0, 1 - 1 / (alpha * L))
+        # independent: δ_t = r_t + V_{t+1} − V_t, V after the last token = V_{L−1} if truncated else 0, r at EOS
+        v = values[i, :L].double().tolist()
+        nxt = v[1:] + [v[-1] if trunc[i] else 0.0]
+        r = [0.0] * L
+        if not trunc[i]:
+            r[-1] = float(b.rewards[i])
+        delta = [r[t] + nxt[t] - v[t] for t in range(L)]
+        expect = [sum(lam**k * delta[t + k] for k in range(L - t)) for t in range(L)]
+        assert a[i, :L].tolist() == pytest.approx(expect, abs=2e-5), i
+        assert bool((a[i, L:] == 0).all())
