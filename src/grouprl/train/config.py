@@ -205,6 +205,9 @@ class TrainConfig(BaseModel):
                 f"rollout_is={self.rollout_is} needs old_logprobs=recompute or auto (with old_logprobs=sampling the "
                 "weights are all 1); set old_logprobs=recompute or rollout_is=none"
             )
+        from .credit import CREDITS
+
+        CREDITS[self.credit].check_config(self)  # the credit hook's declared needs (estimator traits, options)
         if self.mini_batches > self.prompts_per_step * self.group_size:
             raise ValueError(
                 f"mini_batches={self.mini_batches} exceeds the rows per step "

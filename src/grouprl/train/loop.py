@@ -424,7 +424,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
             step_failures += int(gen.failed.sum())
             return gen
 
-        gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
+        n_prompts = credit.prompts_to_draw(cfg.prompts_per_step, cfg.group_size)  # T-PPO: the free in-flight slots
+        gen, sampler_metrics = sampler.collect(step, n_prompts, generate) if n_prompts > 0 else (None, {})
         ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
                             device_generator(step_generator(cfg.seed, step, 6), device))
         gen = credit.extend_rollout(gen, ctx)  # e.g. T-PPO: continue the in-flight responses
