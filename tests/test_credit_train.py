@@ -229,8 +229,15 @@ def _record_tppo(monkeypatch) -> list[dict]:
                          pool=self.pool, pool_born=self.pool_born.clone(), metrics=dict(out))
         return out
 
+    evaluate = loop_mod.evaluate
+
+    def recording_evaluate(*a, **kw):
+        steps.append({"eval_max_new_tokens": kw["max_new_tokens"]})
+        return evaluate(*a, **kw)
+
     monkeypatch.setattr(loop_mod, "update_policy", recording_update)
     monkeypatch.setattr(TppoCredit, "after_update", recording_after)
+    monkeypatch.setattr(loop_mod, "evaluate", recording_evaluate)
     return steps
 
 
@@ -261,6 +268,9 @@ def test_tppo_loop_exact_windows(tmp_path, monkeypatch, lam_alpha):
                                       estimator_kwargs=est_kw, credit="tppo", credit_kwargs={"max_total_tokens": 9},
                                       temperature=1.5))
     summary = train(cfg)
+    evals = [st.pop("eval_max_new_tokens") for st in steps if "eval_max_new_tokens" in st]
+    steps[:] = [st for st in steps if st]
+    assert evals and set(evals) == {9}  # evaluations generate whole responses (max_total_tokens), not a window
     rows = read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
     tok = build_tokenizer("char")
     eos = tok.eos_token_id
@@ -322,6 +332,7 @@ def test_tppo_max_in_flight_drops_the_oldest(tmp_path, monkeypatch, grow):
                                       credit_kwargs={"max_total_tokens": 12, "max_in_flight": 5, "grow": grow},
                                       temperature=1.5))
     train(cfg)
+    steps[:] = [st for st in steps if "gen" in st]
     born_prev: list[int] = []
     dropped_old = 0
     for s, st in enumerate(steps):

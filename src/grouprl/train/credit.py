@@ -5,6 +5,7 @@ The loop calls the hooks of one ``Credit`` object; the base class does nothing, 
 is the plain loop. Hooks, in loop order:
 
 * ``prompts_to_draw(n, G)``    rollout: how many new prompts to draw (T-PPO: the free in-flight slots)
+* ``eval_max_new_tokens(n)``   evaluation: the response length limit (T-PPO: ``max_total_tokens``)
 * ``logits_processor()``      rollout: a logits processor for ``sample`` (HAPO's temperature) or None
 * ``extend_rollout(gen, ctx)`` after the rollout: add rows (T-PPO's in-flight responses, continued)
 * ``prepare(batch, gen, ctx)`` before the advantages: add fields (SPO's MC segment values, critic values)
@@ -107,6 +108,10 @@ class Credit:
     def prompts_to_draw(self, prompts_per_step: int, group_size: int) -> int:
         """How many new prompts the rollout draws this step (0: none); T-PPO fills only free slots."""
         return prompts_per_step
+
+    def eval_max_new_tokens(self, max_new_tokens: int) -> int:
+        """The response length limit of the evaluation (T-PPO: ``max_total_tokens``, not one window)."""
+        return max_new_tokens
 
     def logits_processor(self) -> Callable[[Tensor], Tensor] | None:
         return None
@@ -435,10 +440,12 @@ class TppoCredit(CriticCredit):
       all continued rows (the batch grows while responses stay in flight).
     * ``max_in_flight``: at most this many sequences are carried to the next step; the oldest (the
       earliest started; ties: the first rows) are dropped first.
-    * ``max_total_tokens`` (default 4 windows): a response that reaches it without EOS is finished
-      there: it leaves the pool, EGAE gives it its verifier reward (the score of its text as it
-      stands) at its last token with terminal value 0, and it trains the critic. The spec is silent
-      on over-long responses; this is a proposed reading (otherwise they would never be rewarded).
+    * ``max_total_tokens`` (default 4 windows): the response length limit (also of the
+      evaluation, which generates whole responses, not one window). A response that reaches it
+      without EOS is finished there: it leaves the pool, EGAE gives it its verifier reward (the
+      score of its text as it stands) at its last token with terminal value 0, and it trains the
+      critic. The spec is silent on over-long responses; this is a proposed reading (otherwise
+      they would never be rewarded).
 
     The critic (``CriticCredit`` options) is updated as the paper's dual update states it: only on
     completed trajectories, so less often than the policy — at each step one update on the
@@ -486,6 +493,9 @@ class TppoCredit(CriticCredit):
         super().check_config(cfg)
         own = ("in_flight", "grow", "max_total_tokens", "max_in_flight")
         cls._options(cfg, **{k: v for k, v in cfg.credit_kwargs.items() if k in own})
+
+    def eval_max_new_tokens(self, max_new_tokens):
+        return self.max_total
 
     def prompts_to_draw(self, prompts_per_step, group_size):
         if self.grow:

@@ -387,7 +387,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
         row = {"step": step, **evaluate(
-            model, tok, eval_set, guard, max_new_tokens=cfg.max_new_tokens, pass_k=cfg.pass_k,
+            model, tok, eval_set, guard, max_new_tokens=credit.eval_max_new_tokens(cfg.max_new_tokens), pass_k=cfg.pass_k,
             pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
             generator=device_generator(step_generator(cfg.seed, step, 5), device))}
         model.train()
