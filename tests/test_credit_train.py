@@ -61,6 +61,8 @@ def test_credit_config_errors(tmp_path):
     # an unknown option is refused when the config loads, with the close match
     with pytest.raises(ConfigError, match="credit_kwargs.taux: credit 'hapo' has no option 'taux'; did you mean 'tau'"):
         build_config(tiny_overrides(tmp_path, name="bad", credit="hapo", credit_kwargs={"taux": 1}))
+    with pytest.raises(ConfigError, match="credit_kwargs.adv_method: adv_method='mean'; choose one of 'rloo', 'grpo'"):
+        build_config(tiny_overrides(tmp_path, estimator="spo_tree", credit="spo_tree", credit_kwargs={"adv_method": "mean"}))
     # T-PPO passes its critic options on: both kinds are accepted
     build_config(tiny_overrides(tmp_path, estimator="egae", credit="tppo", credit_kwargs={"lr": 0.01, "in_flight": 8}))
 

@@ -273,6 +273,11 @@ class SpoTreeCredit(Credit):
         self._mask: Tensor | None = None
         self._metrics: dict[str, float] = {}
 
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        check_tree_adv_method(cfg.credit_kwargs.get("adv_method", "rloo"), "credit_kwargs.adv_method")
+
     def extend_rollout(self, gen, ctx):
         cfg = ctx.cfg
         tree = tree_rollout(ctx.model, gen, branch=self.branch, segment_len=self.segment_len,
