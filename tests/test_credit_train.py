@@ -78,10 +78,11 @@ def test_tppo_refuses_an_estimator_that_does_not_bootstrap(tmp_path, estimator):
 @pytest.mark.parametrize("kw, msg", [({"in_flight": 0}, "credit_kwargs.in_flight=0: expected an integer >= 1"),
                                      ({"grow": "yes"}, "credit_kwargs.grow='yes': expected true or false"),
                                      ({"max_total_tokens": 2}, "max_total_tokens=2 is below the window"),
-                                     ({"max_in_flight": -1}, "credit_kwargs.max_in_flight=-1")])
+                                     ({"max_in_flight": -1}, "credit_kwargs.max_in_flight=-1"),
+                                     ({"in_flight": 1}, "credit_kwargs.in_flight=1 is below mini_batches=2")])
 def test_tppo_option_errors_at_config_load(tmp_path, kw, msg):
     with pytest.raises(ConfigError, match=re.escape(msg)):
-        build_config(tiny_overrides(tmp_path, estimator="egae", credit="tppo", credit_kwargs=kw))
+        build_config(tiny_overrides(tmp_path, estimator="egae", credit="tppo", credit_kwargs=kw, mini_batches=2))
 
 
 def test_critic_filters_finished_rows_by_declared_trait(tmp_path):

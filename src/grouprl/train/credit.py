@@ -484,6 +484,9 @@ class TppoCredit(CriticCredit):
 
         window = int(cfg.max_new_tokens)
         n = count("in_flight", in_flight, 1) if in_flight is not None else int(cfg.prompts_per_step) * int(cfg.group_size)
+        if n < int(cfg.mini_batches):
+            raise ValueError(f"credit_kwargs.in_flight={n} is below mini_batches={cfg.mini_batches} (every step trains on "
+                             "in_flight rows); raise in_flight or lower mini_batches.")
         if not isinstance(grow, bool):
             raise ValueError(f"credit_kwargs.grow={grow!r}: expected true or false.")
         total = count("max_total_tokens", max_total_tokens, 1) if max_total_tokens is not None else 4 * window
