@@ -156,3 +156,65 @@ def test_sequence_logprob():
     lp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -9.0, -9.0]])
     m = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
     assert sequence_logprob(lp, m).tolist() == [-3.0, -0.5]
+
+
+# ---------------------------------------------------------------- groupwise regret (arXiv 2310.04652)
+# The spec's four rounds: g1 = rounds 1, 2, 4; g2 = rounds 2, 3 (overlapping at round 2). Learner
+# losses 0.2, 0.4, 0.5, 0.1: g1 sums to 0.7, g2 to 0.9. Hypothesis h1 = (0.3, 0.3, 0.2, 0.1) sums to
+# 0.7 on g1 and 0.5 on g2; h2 = 0.5 everywhere sums to 1.5 and 1.0. Best fixed hypothesis: 0.7 and 0.5,
+# so Regret = (0.7 − 0.7, 0.9 − 0.5) = (0, 0.4).
+REG_LEARNER = [2, 4, 5, 1]
+REG_HYP = [[3, 5], [3, 5], [2, 5], [1, 5]]
+REG_MEMBER = [[True, False], [True, True], [False, True], [True, False]]
+
+
+def test_groupwise_regret_spec_example():
+    from grouprl.metrics import groupwise_regret
+
+    # in tenths the sums are integers: exact
+    r10 = groupwise_regret(torch.tensor(REG_LEARNER), torch.tensor(REG_HYP), torch.tensor(REG_MEMBER))
+    assert r10.dtype == torch.float64 and r10.tolist() == [0.0, 4.0]
+    r = groupwise_regret(torch.tensor(REG_LEARNER, dtype=torch.float64) / 10,
+                         torch.tensor(REG_HYP, dtype=torch.float64) / 10, torch.tensor(REG_MEMBER))
+    assert r.tolist() == pytest.approx([0.0, 0.4], abs=1e-15)
+
+
+def test_groupwise_regret_matches_definition_and_edge_cases():
+    from grouprl.metrics import groupwise_regret
+
+    g = torch.Generator().manual_seed(0)
+    T, H, G = 40, 5, 6
+    ll, hl = torch.rand(T, generator=g, dtype=torch.float64), torch.rand(T, H, generator=g, dtype=torch.float64)
+    mem = torch.rand(T, G, generator=g) < 0.4
+    mem[:, 5] = False  # a group without rounds: regret 0
+    r = groupwise_regret(ll, hl, mem)
+    for j in range(G):
+        rows = [t for t in range(T) if mem[t, j]]
+        expect = sum(ll[t].item() for t in rows) - min(sum(hl[t, h].item() for t in rows) for h in range(H))
+        assert r[j].item() == pytest.approx(expect, abs=1e-12)
+    assert r[5].item() == 0.0
+    # the learner is a hypothesis: regret >= 0 on every group, 0 exactly where it is the best one
+    h = int((mem.double().T @ hl)[0].argmin())  # the best hypothesis on group 0
+    r2 = groupwise_regret(hl[:, h], hl, mem)
+    best = (mem.double().T @ hl).argmin(dim=1) == h
+    assert bool(best.any()) and bool((r2 >= 0).all()) and bool((r2[best] == 0).all()) and bool((r2[~best & mem.any(0)] > 0).all())
+
+
+def test_groupwise_regret_errors():
+    from grouprl.metrics import groupwise_regret
+
+    ll, hl, m = torch.tensor(REG_LEARNER) / 10.0, torch.tensor(REG_HYP) / 10.0, torch.tensor(REG_MEMBER)
+    with pytest.raises(ValueError, match=r"learner_loss must be 1-D"):
+        groupwise_regret(ll[:, None], hl, m)
+    with pytest.raises(ValueError, match=r"hypothesis_loss must be \(T, H\) = \(4, H\)"):
+        groupwise_regret(ll, hl[:3], m)
+    with pytest.raises(ValueError, match="at least one hypothesis"):
+        groupwise_regret(ll, hl[:, :0], m)
+    with pytest.raises(ValueError, match=r"membership must be \(T, G\)"):
+        groupwise_regret(ll, hl, m[:, 0])
+    with pytest.raises(ValueError, match="membership has dtype torch.int64; pass a bool"):
+        groupwise_regret(ll, hl, m.long())
+    with pytest.raises(ValueError, match="hypothesis_loss row 2, column 1 is nan"):
+        groupwise_regret(ll, hl.index_put((torch.tensor(2), torch.tensor(1)), torch.tensor(float("nan"))), m)
+    with pytest.raises(ValueError, match="learner_loss row 0 is inf"):
+        groupwise_regret(torch.tensor([float("inf"), 0, 0, 0]), hl, m)

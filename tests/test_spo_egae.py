@@ -13,6 +13,7 @@ from grouprl.advantages.spo import (
     spo_prob_mask,
     spo_segment_ids,
     spo_segment_starts,
+    TREE_ADV_METHODS,
     spo_tree_advantages,
 )
 
@@ -114,6 +115,51 @@ def test_tree_unequal_subtrees_and_errors():
         spo_tree_advantages(PARENT, REWARD, adv_method="mean")
 
 
+EQUAL = [0.1, 0.7, 1 / 3]
+
+
+def _float_mean_drifts(v: float, n: int) -> bool:
+    return sum([v] * n) / n != v
+
+
+def test_equal_children_float_mean_drifts():
+    # why max == min and not the mean: the float mean of equal children can differ from them
+    assert _float_mean_drifts(0.1, 3) and _float_mean_drifts(0.7, 3) and _float_mean_drifts(0.1, 6)
+
+
+@pytest.mark.parametrize("adv_method", sorted(TREE_ADV_METHODS))
+@pytest.mark.parametrize("v", EQUAL)
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_tree_equal_children_depth1_all_dropped(adv_method, v, n):
+    # one root with n leaves of reward v (spo.md §4: every child edge of such a node is dropped)
+    parent = torch.tensor([-1] + [0] * n)
+    vals, a, keep = spo_tree_advantages(parent, torch.tensor([0.0] + [v] * n, dtype=torch.float64), adv_method=adv_method)
+    assert vals[0].item() == v  # exactly the children's value, not their float mean
+    assert a.tolist() == [0.0] * (n + 1)
+    assert keep.tolist() == [False] * (n + 1)
+
+
+@pytest.mark.parametrize("adv_method", sorted(TREE_ADV_METHODS))
+@pytest.mark.parametrize("v", EQUAL)
+def test_tree_equal_children_depth2_and_3(adv_method, v):
+    # depth 2: root(0) -> c1(1), c2(2); c1 -> leaves 3, 4, 5 all v; c2 -> leaves 6, 7 with rewards 0, 1
+    parent = torch.tensor([-1, 0, 0, 1, 1, 1, 2, 2])
+    r = torch.tensor([0, 0, 0, v, v, v, 0, 1], dtype=torch.float64)
+    vals, a, keep = spo_tree_advantages(parent, r, adv_method=adv_method)
+    assert vals[1].item() == v and vals[2].item() == 0.5 and vals[0].item() == (v + 0.5) / 2
+    assert a[3:6].tolist() == [0.0] * 3 and keep.tolist() == [False, True, True, False, False, False, True, True]
+    div = 1.0 if adv_method == "rloo" else abs(v - 0.5) / 2 + 1e-8  # population std of {v, 0.5}
+    assert a[1].item() == pytest.approx((v - (v + 0.5) / 2) / div, rel=1e-12)
+    assert a[6].item() == pytest.approx(-0.5 / (1.0 if adv_method == "rloo" else 0.5 + 1e-8), rel=1e-12)
+    # depth 3: root(0) -> a(1), b(2: a leaf of reward v); a -> a1(3), a2(4); a1 -> 5, 6, 7; a2 -> 8, 9, 10, all v:
+    # every inner node has equal children (a1, a2 = v exactly; then a = v, b = v), so no edge is kept
+    parent = torch.tensor([-1, 0, 0, 1, 1, 3, 3, 3, 4, 4, 4])
+    r = torch.tensor([0, 0, v, 0, 0] + [v] * 6, dtype=torch.float64)
+    vals, a, keep = spo_tree_advantages(parent, r, adv_method=adv_method)
+    assert vals.tolist() == [v] * 11
+    assert a.tolist() == [0.0] * 11 and not bool(keep.any())
+
+
 # ------------------------------------------------------------------ EGAE
 V = torch.tensor([[0.2, 0.3, 0.5, 0.4]])
 
@@ -159,3 +205,44 @@ def test_egae_bootstrap_with_discount_and_value_mask():
     assert vm.tolist() == [[False] * 3, [True] * 3]
     with pytest.raises(ValueError, match="truncated"):
         compute_advantages("egae", Rollouts(rewards=[1.0], group=[0], mask=torch.ones(1, 4), values=V))
+
+
+# ------------------------------------------------------------------ length-adaptive λ (T-PPO §2.2, VAPO)
+def test_length_adaptive_lam_values():
+    from grouprl.advantages.egae import length_adaptive_lam
+
+    # λ = 1 − 1/(α L): α = 0.05 and L = 40 -> 0.5; L = 200 -> 0.9; L = 20 -> 0; L < 20 -> below 0, clamped to 0
+    lam = length_adaptive_lam(torch.tensor([40, 200, 20, 3, 0]), 0.05)
+    assert lam.tolist() == pytest.approx([0.5, 0.9, 0.0, 0.0, 0.0], abs=1e-15)
+    assert length_adaptive_lam(torch.tensor([4]), 5.0).item() == 1 - 1 / 20
+    with pytest.raises(ValueError, match="lam_alpha=0.0"):
+        length_adaptive_lam(torch.tensor([4]), 0.0)
+
+
+def test_egae_length_adaptive_worked_example_and_per_row():
+    # the spec's truncated example (L = 4) with α = 5: λ = 1 − 1/(5·4) = 0.95, the example's λ
+    a = compute_advantages("egae", egae_batch(True), gamma=1.0, lam_alpha=5.0)
+    assert torch.allclose(a, torch.tensor([[0.1998, 0.105, -0.1, 0.0]]), atol=1e-4)
+    # rows of different lengths get their own λ: each row equals a one-row EGAE with λ = 1 − 1/(α L)
+    g = torch.Generator().manual_seed(2)
+    B, T = 6, 70  # longer than one 32-token chunk of the scan
+    values = torch.rand(B, T, generator=g)
+    lengths = torch.tensor([70, 45, 33, 21, 5, 64])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    trunc = torch.tensor([True, False, True, False, True, False])
+    b = Rollouts(rewards=torch.rand(B, generator=g), group=torch.arange(B), mask=mask, values=values, truncated=trunc)
+    alpha = 0.05
+    a = compute_advantages("egae", b, lam_alpha=alpha)
+    for i in range(B):
+        L = int(lengths[i])
+        lam = max(0.0, 1 - 1 / (alpha * L))
+        # independent: δ_t = r_t + V_{t+1} − V_t, V after the last token = V_{L−1} if truncated else 0, r at EOS
+        v = values[i, :L].double().tolist()
+        nxt = v[1:] + [v[-1] if trunc[i] else 0.0]
+        r = [0.0] * L
+        if not trunc[i]:
+            r[-1] = float(b.rewards[i])
+        delta = [r[t] + nxt[t] - v[t] for t in range(L)]
+        expect = [sum(lam**k * delta[t + k] for k in range(L - t)) for t in range(L)]
+        assert a[i, :L].tolist() == pytest.approx(expect, abs=2e-5), i
+        assert bool((a[i, L:] == 0).all())

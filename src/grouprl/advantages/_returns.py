@@ -58,8 +58,16 @@ def _suffix_matrix(d: float, n: int, sign: float, dtype, device) -> Tensor:
     return m.to(dtype=dtype, device=device)
 
 
+def _suffix_matrix_rows(d: Tensor, n: int, sign: float, dtype) -> Tensor:
+    """Per-row ``_suffix_matrix``: M[b, s, t] = sign·d_b^(s − t) for s >= t, else 0 (B, n, n)."""
+    i = torch.arange(n, dtype=torch.float64, device=d.device)
+    e = i.unsqueeze(1) - i.unsqueeze(0)
+    m = torch.where(e >= 0, sign * d.to(torch.float64)[:, None, None] ** e.clamp_min(0), torch.zeros((), dtype=torch.float64, device=d.device))
+    return m.to(dtype=dtype)
+
+
 def discounted_suffix_sum(
-    x: Tensor, d: float, *, sign: float = 1.0, chunk: int = _CHUNK, out: Tensor | None = None
+    x: Tensor, d: float | Tensor, *, sign: float = 1.0, chunk: int = _CHUNK, out: Tensor | None = None
 ) -> Tensor:
     """y_t = x_t + d·y_{t+1} along the last dimension (times ``sign``), without a loop over time.
 
@@ -68,7 +76,14 @@ def discounted_suffix_sum(
     suffix sum (discount d^C) over the chunk heads, solved by recursion (depth log_C T). Only
     non-negative powers of d appear, so any d in [0, 1] is exact to float32 rounding. ``out``: a
     contiguous tensor shaped like ``x`` to write into (used when T is a multiple of ``chunk``).
+    ``d`` may be a (B,) tensor for a 2-D ``x`` (B, T): one discount per row (batched matmuls).
     """
+    if isinstance(d, Tensor):
+        if x.dim() != 2 or d.shape != (x.shape[0],):
+            raise ValueError(f"discounted_suffix_sum: per-row d has shape {tuple(d.shape)}; expected ({x.shape[0]},) "
+                             f"for x of shape {tuple(x.shape)}.")
+        y = _suffix_sum_rows(x, d.to(x.device), sign, chunk)
+        return y if out is None else out.copy_(y)
     T = x.shape[-1]
     if T <= chunk:
         return torch.matmul(x, _suffix_matrix(d, T, sign, x.dtype, x.device), out=out)
@@ -89,11 +104,26 @@ def discounted_suffix_sum(
     return y[..., :T] if out is None else out.copy_(y[..., :T])
 
 
+def _suffix_sum_rows(x: Tensor, d: Tensor, sign: float, chunk: int) -> Tensor:
+    """``discounted_suffix_sum`` with a discount per row: the same two-level scan, batched over rows."""
+    B, T = x.shape
+    if T <= chunk:
+        return torch.bmm(x.unsqueeze(1), _suffix_matrix_rows(d, T, sign, x.dtype)).squeeze(1)
+    K = -(-T // chunk)
+    xr = torch.nn.functional.pad(x, (0, K * chunk - T)).reshape(B, K, chunk)
+    local = torch.bmm(xr, _suffix_matrix_rows(d, chunk, sign, x.dtype))  # (B, K, C)
+    carry = _suffix_sum_rows(local[..., 0], d.to(torch.float64) ** chunk, 1.0, chunk)  # y at each chunk's start
+    carry_in = torch.nn.functional.pad(carry[..., 1:], (0, 1))
+    powers = d.to(torch.float64)[:, None] ** (chunk - torch.arange(chunk, dtype=torch.float64, device=x.device))
+    local.addcmul_(carry_in.unsqueeze(-1), powers.to(dtype=x.dtype).unsqueeze(1))
+    return local.reshape(B, K * chunk)[:, :T]
+
+
 def discounted_advantages(
     mask: Tensor,
     *,
     gamma: float,
-    lam: float = 1.0,
+    lam: float | Tensor = 1.0,
     values: Tensor | None = None,
     rewards: Tensor | None = None,
     token_rewards: Tensor | None = None,
@@ -107,7 +137,8 @@ def discounted_advantages(
     Rewards: ``token_rewards`` (B, T) (masked entries ignored) or ``rewards`` (B,) on each row's
     last trained token. GAE: δ_t = r_t + γ V_{t'} − V_t, A_t = δ_t + γλ A_{t'} (t' = next trained
     token, V = 0 after the last), returns = A + V. Reward-to-go: G_t = r_t + γ G_{t'}, returns = G.
-    Returns ``(advantages, returns or None)``; returns are never whitened.
+    Returns ``(advantages, returns or None)``; returns are never whitened. ``lam`` may be a (B,)
+    tensor: one λ per row (e.g. a length-adaptive λ).
 
     Rows are processed in cache-sized blocks (a loop over B·T / ``block_elems`` blocks, not over
     rows or tokens); the whitening statistics are combined across blocks exactly (Chan et al.'s
@@ -150,7 +181,8 @@ def discounted_advantages(
             r = (rewards[sl].to(torch.float32) * (L > 0)).unsqueeze(1)
             x.scatter_add_(1, (L - 1).clamp_min(0).unsqueeze(1), r if sign > 0 else -r)
         # 0 past each row's length; right-padded rows are written straight into the output
-        a = discounted_suffix_sum(x, d, sign=sign, out=out[sl] if c.right_padded else None)
+        d_sl = d[sl] if isinstance(d, Tensor) else d
+        a = discounted_suffix_sum(x, d_sl, sign=sign, out=out[sl] if c.right_padded else None)
         if ret_out is not None:
             if values is None:
                 ret_out[sl] = c.unpack(a)

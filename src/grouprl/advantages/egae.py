@@ -15,7 +15,23 @@ from ._masks import float_mask
 from ._returns import check_discount, discounted_advantages
 from .registry import estimator
 
-__all__ = ["egae", "egae_with_returns", "egae_value_mask"]
+__all__ = ["egae", "egae_with_returns", "egae_value_mask", "length_adaptive_lam"]
+
+
+def length_adaptive_lam(lengths: Tensor, alpha: float) -> Tensor:
+    """λ_policy = 1 − 1/(α·L) per row (float64 (B,)), the length-adaptive λ that T-PPO takes from
+    VAPO (arXiv:2504.05118, §"Length-Adaptive GAE"; spec α = 0.05), L = the row's number of response
+    tokens so far (for an in-flight row, the tokens generated up to this window: a proposed reading).
+
+    The formula is below 0 when α·L < 1 (L < 20 tokens at α = 0.05) and GAE needs λ in [0, 1]:
+    such rows get λ = 0 (one-step TD) — a proposed reading, the paper's responses being thousands of
+    tokens long. A row without tokens gets 0 (its λ is never used).
+    """
+    alpha = float(alpha)
+    if not alpha > 0:
+        raise ValueError(f"egae: lam_alpha={alpha}; the length-adaptive λ = 1 − 1/(α·L) needs α > 0 (T-PPO: 0.05).")
+    L = lengths.to(torch.float64)
+    return torch.where(L > 0, (1.0 - 1.0 / (alpha * L.clamp_min(1.0))).clamp(0.0, 1.0), torch.zeros((), dtype=torch.float64))
 
 
 def _stream(batch: Rollouts, gamma: float) -> Tensor:
@@ -40,7 +56,7 @@ def _stream(batch: Rollouts, gamma: float) -> Tensor:
     return out.scatter_add_(1, last, boot.unsqueeze(1))
 
 
-def _egae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns: bool):
+def _egae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns: bool, lam_alpha: float | None = None):
     for name in ("values", "truncated"):
         if not batch.has(name):
             raise ValueError(
@@ -48,9 +64,11 @@ def _egae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns:
                 + ("(B, T) from the critic." if name == "values" else "(B,) bool: True where the response has no EOS yet.")
             )
     gamma = check_discount("gamma", gamma, "egae")
-    lam = check_discount("lam", lam, "egae")
+    lam_rows: float | Tensor = check_discount("lam", lam, "egae")
+    if lam_alpha is not None:
+        lam_rows = length_adaptive_lam(batch.mask.sum(dim=1), lam_alpha).to(batch.mask.device)
     return discounted_advantages(
-        batch.mask, gamma=gamma, lam=lam, values=batch.values, token_rewards=_stream(batch, gamma),
+        batch.mask, gamma=gamma, lam=lam_rows, values=batch.values, token_rewards=_stream(batch, gamma),
         whiten=whiten, with_returns=with_returns,
     )
 
@@ -68,8 +86,10 @@ def _egae(batch: Rollouts, gamma: float, lam: float, whiten: bool, with_returns:
         "truncated": [True, False],
         "kwargs": {"gamma": 1.0, "lam": 0.95, "whiten": False},
     },
+    traits=("bootstraps_truncated",),
 )
-def egae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 0.95, whiten: bool = False) -> Tensor:
+def egae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 0.95, whiten: bool = False,
+         lam_alpha: float | None = None) -> Tensor:
     """Extended GAE: GAE truncated at the current generation point (proposed reading).
 
     For a response cut after l tokens without EOS (``truncated``):
@@ -77,10 +97,11 @@ def egae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 0.95, whiten: bool
     with γ = 1 and no intermediate reward δ_{l−1} = 0;  Â_t = Σ_{k=0}^{l−1−t} (γλ)^k δ_{t+k}.
     Its (unknown) outcome reward is not used. Finished responses get ordinary GAE with the reward
     at EOS and terminal value 0, so on complete responses EGAE equals ``gae``. γ = 1, λ = 0.95
-    (the spec's fixed λ_policy; the length-adaptive λ = 1 − 1/(αL) is not implemented).
-    ``whiten`` batch-whitens as ``gae`` (off by default).
+    (the spec's fixed λ_policy). ``lam_alpha`` = α switches to the length-adaptive
+    λ_policy = 1 − 1/(α·L) per row (``length_adaptive_lam``; T-PPO §2.2 via VAPO, α = 0.05), in
+    place of ``lam``. ``whiten`` batch-whitens as ``gae`` (off by default).
     """
-    return _egae(batch, gamma, lam, whiten, with_returns=False)[0]
+    return _egae(batch, gamma, lam, whiten, with_returns=False, lam_alpha=lam_alpha)[0]
 
 
 def egae_with_returns(

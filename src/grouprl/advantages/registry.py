@@ -34,6 +34,7 @@ __all__ = [
     "TRANSFORMS",
     "group_diagnostics",
     "example_batch",
+    "TRAITS",
 ]
 
 
@@ -47,6 +48,7 @@ class EstimatorInfo:
     example: dict[str, Any] | None
     defaults: dict[str, Any] = field(default_factory=dict)
     masks_output: bool = False
+    traits: frozenset[str] = frozenset()
 
     @property
     def doc(self) -> str:
@@ -58,6 +60,12 @@ class EstimatorInfo:
 
 
 ESTIMATORS: Registry[EstimatorInfo] = Registry("estimator")
+
+#: Properties an estimator may declare (``@estimator(..., traits=...)``), read by the trainer's hooks.
+TRAITS: dict[str, str] = {
+    "bootstraps_truncated": "a row with truncated=True is still in flight: its advantages stop at the last generated "
+    "token and bootstrap with the critic's values; its outcome reward is not used",
+}
 TRANSFORMS: Registry[Callable[..., Tensor]] = Registry("advantage transform")
 
 
@@ -78,6 +86,7 @@ def estimator(
     level: str = "outcome",
     example: dict[str, Any] | None = None,
     masks_output: bool = False,
+    traits: tuple[str, ...] = (),
 ):
     """Register ``fn`` as the estimator ``name``.
 
@@ -86,12 +95,17 @@ def estimator(
     "kwargs": {...}}`` (one response token per row unless a ``mask`` is given).
     ``masks_output``: a (B, T)-returning estimator that guarantees exact zeros on masked tokens
     (and says so in a test) lets ``compute_advantages`` skip its own masking pass.
+    ``traits``: declared properties that the trainer's hooks check (``TRAITS`` lists them).
     """
+    unknown = set(traits) - set(TRAITS)
+    if unknown:
+        raise ValueError(f"estimator {name!r}: unknown trait {sorted(unknown)[0]!r}; declared traits: {', '.join(TRAITS)}.")
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         ESTIMATORS.add(
             name,
-            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output),
+            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output,
+                          frozenset(traits)),
         )
         return fn
 
@@ -211,6 +225,16 @@ class Estimator:
         fn = TRANSFORMS[name]
         _check_kwargs(f"transform {name!r}", _keyword_defaults(fn), kwargs)
         return Estimator(self.terms, self.transforms + [(name, kwargs)])
+
+    @property
+    def traits(self) -> frozenset[str]:
+        """The traits every term declares (a sum is only as capable as its weakest term)."""
+        return frozenset.intersection(*(info.traits for _, info, _ in self.terms))
+
+    @property
+    def any_traits(self) -> frozenset[str]:
+        """The traits at least one term declares."""
+        return frozenset().union(*(info.traits for _, info, _ in self.terms))
 
     @property
     def needs(self) -> tuple[str, ...]:

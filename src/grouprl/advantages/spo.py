@@ -23,6 +23,8 @@ SPO-tree: ``spo_tree_advantages`` on a flat array of tree nodes (node values fro
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -39,6 +41,8 @@ __all__ = [
     "spo_chain",
     "spo_tree",
     "spo_tree_advantages",
+    "TREE_ADV_METHODS",
+    "check_tree_adv_method",
 ]
 
 #: the reference code's hard-coded probability threshold of a "decision" token
@@ -185,6 +189,21 @@ def spo_tree(
     return _mask_and_whiten(adv, batch.token_probs, seg & mask, whiten=whiten, prob_mask=prob_mask, threshold=threshold)
 
 
+#: SPO-tree's edge advantages (``adv_method``), spo.md §2.2 step 4 (arXiv:2505.23564): the divisor
+#: of V(child) − V(parent) given the population std of the siblings' values (None: no division).
+TREE_ADV_METHODS: dict[str, Callable[[Tensor, float], Tensor] | None] = {
+    "rloo": None,
+    "grpo": lambda std, eps: std + eps,
+}
+
+
+def check_tree_adv_method(adv_method: str, who: str = "spo_tree_advantages") -> str:
+    """``adv_method`` if it is one of ``TREE_ADV_METHODS``, else a ValueError naming the choices."""
+    if adv_method not in TREE_ADV_METHODS:
+        raise ValueError(f"{who}: adv_method={adv_method!r}; choose one of {', '.join(map(repr, TREE_ADV_METHODS))}.")
+    return adv_method
+
+
 def spo_tree_advantages(
     parent: Tensor, rewards: Tensor, *, adv_method: str = "rloo", eps: float = 1e-8, bok_k: int = 4
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -193,7 +212,7 @@ def spo_tree_advantages(
     ``parent`` (N,) int64: each node's parent index, −1 for a root (several trees may share the
     array); ``rewards`` (N,): the verifier reward, read on leaves (nodes without children) only.
     Node value: leaf = reward, inner node = the mean of its children's values (recursive; unequal
-    subtrees weigh equally). Edge (parent → node) advantage:
+    subtrees weigh equally). Edge (parent → node) advantage (``TREE_ADV_METHODS``):
 
     * ``"rloo"``: A = V(node) − V(parent) (a sibling-mean baseline including the node itself);
     * ``"grpo"``: A = (V(node) − V(parent)) / (population std of the siblings' values + ``eps``).
@@ -201,10 +220,14 @@ def spo_tree_advantages(
     Returns ``(values, advantages, keep)``, each (N,); ``keep`` marks the edges trained on:
     non-zero A + (BoK(V_node) − BoK(V_parent)), BoK(v) = 1 − (1 − v)^k (the reference code's
     ``only_adv_greater_than_zero``, which in fact keeps non-zero edges). Roots: A = 0, not kept.
+
+    A node whose children all have the same value (decided exactly: max == min of the children's
+    values, never against their computed float mean, which can differ from them in the last bit —
+    three children of 0.1 have the float mean 0.10000000000000002) has that value, and its child
+    edges get A = 0 and are dropped (spo.md §4; a single child is such a node).
     One loop over tree depth (a few levels), none over nodes.
     """
-    if adv_method not in ("rloo", "grpo"):
-        raise ValueError(f"spo_tree_advantages: adv_method={adv_method!r}; choose 'rloo' or 'grpo'.")
+    check_tree_adv_method(adv_method)
     parent = torch.as_tensor(parent, dtype=torch.int64)
     N = parent.shape[0]
     r = torch.as_tensor(rewards, dtype=torch.float64)
@@ -225,16 +248,23 @@ def spo_tree_advantages(
         raise ValueError("spo_tree_advantages: parent has a cycle; every chain of parents must end at −1.")
     n_child = torch.zeros(N, dtype=torch.int64).index_add_(0, p[~is_root], torch.ones(int((~is_root).sum()), dtype=torch.int64))
     values = torch.where(n_child == 0, r, torch.zeros_like(r))
+    equal = torch.zeros(N, dtype=torch.bool)  # inner nodes whose children all have one value
     for d in range(int(depth.max()), 0, -1):  # children at depth d fill their parents at d − 1
         at = (depth == d).nonzero().squeeze(1)
         sums = torch.zeros(N, dtype=torch.float64).index_add_(0, parent[at], values[at])
+        hi = torch.full((N,), -torch.inf, dtype=torch.float64).scatter_reduce_(0, parent[at], values[at], "amax")
+        lo = torch.full((N,), torch.inf, dtype=torch.float64).scatter_reduce_(0, parent[at], values[at], "amin")
         inner = (depth == d - 1) & (n_child > 0)
-        values = torch.where(inner, sums / n_child.clamp_min(1), values)
-    adv = torch.where(is_root, torch.zeros_like(values), values - values[p])
-    if adv_method == "grpo":
+        same = inner & (hi == lo)
+        equal |= same
+        values = torch.where(same, lo, torch.where(inner, sums / n_child.clamp_min(1), values))
+    dropped = is_root | equal[p]
+    adv = torch.where(dropped, torch.zeros_like(values), values - values[p])
+    divisor = TREE_ADV_METHODS[adv_method]
+    if divisor is not None:
         edges = (~is_root).nonzero().squeeze(1)
         st = group_stats(values[edges], parent[edges], N, ddof=0)
-        adv = torch.where(is_root, adv, adv / (st.std[p] + eps))
+        adv = torch.where(dropped, adv, adv / divisor(st.std[p], eps))
     bok = 1.0 - (1.0 - values) ** bok_k
-    keep = ~is_root & ((adv + (bok - bok[p])) != 0)
+    keep = ~dropped & ((adv + (bok - bok[p])) != 0)
     return values, adv, keep

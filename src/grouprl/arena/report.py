@@ -11,7 +11,9 @@ Everything is read from the arena's SQLite store. Sections:
 4. fraction of zero-advantage (constant-reward) groups per training step;
 5. wall time per RL step (``time/step``) per method;
 6. per-data-group fairness at the final evaluation: accuracy per group (mean over seeds), worst
-   group, p20 and Gini of the group accuracies (``grouprl.metrics.fairness``);
+   group, p20 and Gini of the group accuracies (``grouprl.metrics.fairness``), and each method's
+   groupwise regret against the best method on each group, with its worst-group regret
+   (``grouprl.metrics.groupwise_regret``, arXiv 2310.04652);
 7. versions and the shared config.
 """
 
@@ -263,6 +265,17 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
                                 "the min-max normalised group scores) and Gini of the group scores from "
                                 "`grouprl.metrics.fairness`. Gini 0 = every group equal."))
             blocks.append(_table(fheaders, frows))
+        rrows, rheaders, n_seeds = _regret(data, metric, task, ms)
+        if rrows:
+            blocks.append(("h2", f"Groupwise regret — task `{task}`"))
+            blocks.append(("p", f"Regret of each method on each data group against the best method on that group "
+                                f"(arXiv 2310.04652): Regret_g = Σ_(t∈T_g) ℓ_t − min_h Σ_(t∈T_g) ℓ_(h,t), the "
+                                f"hypotheses h = the methods of this table, loss ℓ = 1 − `{metric}` per evaluation "
+                                f"item, T_g = group g's final-evaluation items over the {n_seeds} seed(s) that every "
+                                "method finished (the same items for every method). Shown per item, Regret_g / |T_g|: "
+                                "the best method on a group has 0; the last column is the method's largest "
+                                "(worst-group) regret."))
+            blocks.append(_table(rheaders, rrows))
 
     blocks.append(("h2", "Significance, plainly"))
     if not_sig:
@@ -302,6 +315,38 @@ def _fairness(data: ReportData, metric: str, task: str, methods: list[str]) -> t
         rows.append([f"`{m}`", *[_fmt(v) for v in gm], f"{worst} ({_fmt(summ['worst'])})", _fmt(summ["p20"]),
                      _fmt(summ["gini"])])
     return rows, ["method", *groups, "worst group", "p20", "Gini"]
+
+
+def _regret(data: ReportData, metric: str, task: str, methods: list[str]) -> tuple[list[list[str]], list[str], int]:
+    """Per-group regret per evaluation item of each method against the best method on that group.
+
+    Rounds = (seed, group) pairs over the seeds every method finished, one-hot membership; the loss
+    of a round is the group's mean item loss 1 − ``metric/<group>``. A group's n_g items all share
+    its round, so the regret on these rounds is Regret_g / n_g exactly (sums are linear); dividing
+    by the number of seeds S gives Regret_g / |T_g| with |T_g| = S·n_g, which needs no group sizes.
+    """
+    import torch
+
+    from ..metrics.regret import groupwise_regret
+
+    names = [n for n in data.store.names("evals") if n.startswith(f"{metric}/")]
+    if len(names) < 2 or len(methods) < 2:
+        return [], [], 0
+    per = {n: final_scores(data, n, task) for n in names}
+    seeds = sorted(set.intersection(*[set(per[n].get(m, {})) for n in names for m in methods]))
+    if not seeds:
+        return [], [], 0
+    G, S = len(names), len(seeds)
+    loss = torch.tensor([[[1.0 - per[n][m][s] for m in methods] for n in names] for s in seeds],
+                        dtype=torch.float64).reshape(S * G, len(methods))  # rounds (seed, group) x methods
+    member = torch.eye(G, dtype=torch.bool).repeat(S, 1)
+    groups = [n.split("/", 1)[1] for n in names]
+    rows = []
+    for j, m in enumerate(methods):
+        reg = groupwise_regret(loss[:, j], loss, member) / S
+        w = int(reg.argmax())
+        rows.append([f"`{m}`", *[_fmt(float(v)) for v in reg], f"{groups[w]} ({_fmt(float(reg[w]))})"])
+    return rows, ["method", *groups, "worst-group regret"], S
 
 
 def _slug(s: str) -> str:

@@ -1,5 +1,5 @@
-"""Floor 3: evaluation metrics — per-data-group fairness, calibration of predicted success, and
-within-group ranking accuracy. Pure functions of tensors (core only)."""
+"""Floor 3: evaluation metrics — per-data-group fairness and groupwise regret, calibration of
+predicted success, and within-group ranking accuracy. Pure functions of tensors (core only)."""
 
 from .calibration import balance_score, brier_score, calibration_report, expected_calibration_error
 from .fairness import (
@@ -12,6 +12,7 @@ from .fairness import (
     percentile,
 )
 from .ranking import RankingAccuracy, ranking_accuracy, sequence_logprob, within_group_pairs
+from .regret import groupwise_regret
 
 __all__ = [
     "brier_score",
@@ -25,6 +26,7 @@ __all__ = [
     "group_table",
     "fairness_summary",
     "fairness_report",
+    "groupwise_regret",
     "within_group_pairs",
     "sequence_logprob",
     "ranking_accuracy",

@@ -312,6 +312,9 @@ class TrainConfig(BaseModel):
                                 for ws in warmstarts.shipped().values())
                 raise ValueError(f"warm_start=shipped: no shipped warm start fits task={self.task} model={self.model} "
                                  f"({why or 'none shipped'}); use warm_start=auto or sft")
+        from .credit import CREDITS
+
+        CREDITS[self.credit].check_config(self)  # the credit hook's declared needs (estimator traits, options)
         if self.mini_batches > self.prompts_per_step * self.group_size:
             raise ValueError(
                 f"mini_batches={self.mini_batches} exceeds the rows per step "

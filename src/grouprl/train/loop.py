@@ -555,7 +555,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
         row = {"step": step, **evaluate(
-            model, tok, eval_set, guard, max_new_tokens=cfg.max_new_tokens, pass_k=cfg.pass_k,
+            model, tok, eval_set, guard, max_new_tokens=credit.eval_max_new_tokens(cfg.max_new_tokens), pass_k=cfg.pass_k,
             pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
             generator=device_generator(step_generator(cfg.seed, step, 5), device))}
         model.train()
@@ -593,7 +593,8 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
             step_rows += len(gen)
             return gen
 
-        gen, sampler_metrics = sampler.collect(step, cfg.prompts_per_step, generate)
+        n_prompts = credit.prompts_to_draw(cfg.prompts_per_step, cfg.group_size)  # T-PPO: the free in-flight slots
+        gen, sampler_metrics = sampler.collect(step, n_prompts, generate) if n_prompts > 0 else (None, {})
         failed_streak = failed_streak + 1 if step_rows and step_failures == step_rows else 0
         _check_failed_rewards(cfg, failed_streak, step, guard)
         ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
