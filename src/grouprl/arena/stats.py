@@ -31,8 +31,10 @@ edge of the statistical precipice": IQM, stratified bootstrap CIs, probability o
   sa2 / S + se2 / (S I). So it is near nominal when sa2 is comparable to se2 / I, conservative
   (wider) when the per-prompt noise dominates (se2 counted twice), and, like any percentile interval
   over few units, a little narrow when seed-to-seed variation dominates and S is small (the
-  (S - 1) / S factor and z in place of t). The tests measure coverage in both regimes
-  (tests/test_arena_stats.py). The interval is descriptive; significance comes from the exact test.
+  (S - 1) / S factor and z in place of t). Measured (400 seeded replications of 95% intervals, a
+  rate's binomial SE there is 0.011): 0.935 at S = 10, I = 20, sa2 = 2.2 se2 / I; 0.9625 at S = 30,
+  sa2 = 10 se2 / I; 0.975 with sa2 = 0 (conservative); 0.9275 at S = 10, sa2 = 20 se2 / I (narrow).
+  The interval is descriptive; significance comes from the exact sign-flip test.
 * ``sign_flip_p``: the exact sign-flip p-value of ``paired_test`` for many rows of seed-level
   differences at once.
 * ``probability_of_improvement``: rliable's P(X > Y) over seeds, the Mann-Whitney U statistic of X
