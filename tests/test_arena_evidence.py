@@ -73,7 +73,8 @@ def synthetic(tmp_path_factory) -> Path:
                 ok = (rng.random(40) < np.clip(p_item + add, 0, 1)).astype(float)
                 items.append({"step": step, "items": {str(7 * i): float(v) for i, v in enumerate(ok)}})
             evals = [{"step": r["step"], "acc": float(np.mean(list(r["items"].values())))} for r in items]
-            store.finish(c.cell_id, {"status": "done", "evals": evals, "eval_items": items,
+            metrics = [{"step": k, "frac_constant_groups": 0.5, "time/step": 1.0} for k in range(1, 5)]
+            store.finish(c.cell_id, {"status": "done", "evals": evals, "eval_items": items, "metrics": metrics,
                                      "summary": {"train_seconds": 1.0}})
     return root
 

@@ -171,6 +171,13 @@ def test_sign_flip_type_one_error_at_the_nominal_size():
     # the batched p-values equal paired_test's one row at a time
     d = rng.normal(size=(5, 6))
     np.testing.assert_allclose(sign_flip_p(d), [paired_test(r, np.zeros(6), n_boot=10).p_value for r in d])
+    # and scipy's exact paired permutation test (sign flips of one sample), ties included
+    from scipy import stats
+
+    for row in np.round(rng.normal(0.2, 1.0, size=(4, 7)), 1):
+        want = stats.permutation_test((row,), lambda x, axis=-1: x.mean(axis=axis), permutation_type="samples",
+                                      n_resamples=np.inf, vectorized=True).pvalue
+        assert sign_flip_p(row) == pytest.approx(want)
 
 
 def test_power_at_the_computed_mde_is_80_percent():

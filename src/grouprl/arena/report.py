@@ -108,7 +108,7 @@ def _item_matrix(data: ReportData, cell_ids: list[str]) -> np.ndarray | None:
         return None
     items, ii = np.unique(np.array(item, dtype=object), return_inverse=True)
     mat = np.full((len(cells), len(items)), np.nan)
-    mat[ci, ii] = np.array([np.nan if v is None else v for v in score], dtype=np.float64)
+    mat[ci, ii] = np.array(score, dtype=np.float64)  # NULL (None) -> NaN
     order = np.searchsorted(cells, np.array(cell_ids, dtype=object))  # rows in the order asked
     mat = mat[order]
     return mat[:, ~np.isnan(mat).any(axis=0)]
@@ -157,9 +157,12 @@ def evidence(data: ReportData, task: str, metric: str, *, seed: int = 0,
             d = x - y
             xs, ys = x.mean(axis=1), y.mean(axis=1)
         else:
-            if metric == ITEM_METRIC:
+            if metric == ITEM_METRIC and mat is None:
                 note = ("per-prompt statistics are unavailable: this database holds no per-example scores "
                         "(`eval_items`) for these cells (it was made before they were stored)")
+            elif metric == ITEM_METRIC:
+                note = (f"`{m}` and `{baseline}` scored no evaluation prompt in common (different evaluation "
+                        "sets), so they are compared by seed only")
             xs = np.array([scores[m][sd] for sd in common])
             ys = np.array([scores[baseline][sd] for sd in common])
             n_items, d = None, (xs - ys)[:, None]

@@ -36,7 +36,9 @@ edge of the statistical precipice": IQM, stratified bootstrap CIs, probability o
   sa2 = 10 se2 / I; 0.975 with sa2 = 0 (conservative); 0.9275 at S = 10, sa2 = 20 se2 / I (narrow).
   The interval is descriptive; significance comes from the exact sign-flip test.
 * ``sign_flip_p``: the exact sign-flip p-value of ``paired_test`` for many rows of seed-level
-  differences at once.
+  differences at once. It equals ``scipy.stats.permutation_test((d,), mean, permutation_type=
+  "samples", n_resamples=inf)`` (tested); kept because it scores thousands of rows in one matrix
+  product (the simulations of its size and power), where permutation_test takes one sample a call.
 * ``probability_of_improvement``: rliable's P(X > Y) over seeds, the Mann-Whitney U statistic of X
   against Y divided by n_x n_y (``scipy.stats.mannwhitneyu``; ties count 1/2; identical samples
   give 0.5, as in rliable), with a percentile bootstrap interval that resamples the seeds of X and
