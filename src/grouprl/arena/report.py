@@ -159,7 +159,8 @@ def evidence(data: ReportData, task: str, metric: str, *, seed: int = 0,
         else:
             if metric == ITEM_METRIC and mat is None:
                 note = ("per-prompt statistics are unavailable: this database holds no per-example scores "
-                        "(`eval_items`) for these cells (it was made before they were stored)")
+                        "(`eval_items`) for these cells (a database made before they were stored, or a trainer "
+                        "that does not write them: agent runs)")
             elif metric == ITEM_METRIC:
                 note = (f"`{m}` and `{baseline}` scored no evaluation prompt in common (different evaluation "
                         "sets), so they are compared by seed only")

