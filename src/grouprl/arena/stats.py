@@ -50,8 +50,8 @@ edge of the statistical precipice": IQM, stratified bootstrap CIs, probability o
 * ``mde``: the minimum detectable effect at 80% power of the paired design that ran, by the paired
   t approximation with the observed seed-level SD of the differences:
   (t_{1-alpha/2, S-1} + t_{power, S-1}) * sd / sqrt(S) (e.g. Cohen 1988, ch. 2). The exact
-  t-test power at this effect (noncentral t) is 0.799 at S = 10 and 0.791 at S = 5; the sign-flip
-  test's power is measured in tests/test_arena_stats.py.
+  t-test power at this effect (noncentral t) is 0.799 at S = 10 and 0.791 at S = 5; the exact
+  sign-flip test's, simulated (4,000 designs of 10 normal seed differences), is 0.79.
 """
 
 from __future__ import annotations
