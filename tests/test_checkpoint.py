@@ -152,6 +152,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     assert [r["step"] for r in b] == list(range(1, 11))
     assert _strip(a) == _strip(b)  # every metric, bit for bit (floats are written with repr)
     assert read_jsonl(full / "eval.jsonl") == read_jsonl(run / "eval.jsonl")
+    assert read_jsonl(full / "eval_items.jsonl") == read_jsonl(run / "eval_items.jsonl")  # cut back like eval.jsonl
     assert any(r["grad_norm"] > 0 for r in a) and any(r["kl"] > 0 for r in a)  # the runs did learn
     from safetensors.torch import load_file
 

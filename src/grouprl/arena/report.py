@@ -4,9 +4,12 @@ Everything is read from the arena's SQLite store. Sections:
 
 1. cells: how many done / failed (with each failure's first error line), sweep wall time;
 2. final score per task: mean over seeds of the final evaluation (``spec.metric``, default greedy
-   held-out accuracy), its 95% percentile-bootstrap CI over seeds, each method's rank, and the
-   paired comparison with the baseline (mean difference with its bootstrap CI, the exact sign-flip
-   permutation p-value, Holm-adjusted across methods) with a plain verdict;
+   held-out accuracy), its 95% percentile-bootstrap CI over seeds, the IQM over seeds with its 95%
+   bootstrap CI, each method's rank; then the paired comparison with the baseline (``evidence``):
+   the mean over (seed, prompt) of the paired per-prompt score differences at the final evaluation
+   with its hierarchical-bootstrap CI, the exact sign-flip p-value on the per-seed differences
+   (Holm-adjusted across methods), the probability of improvement over seeds with its CI, and the
+   minimum detectable effect at 80% power, with a plain verdict;
 3. learning curves (eval metric vs RL step, mean over seeds with a 95% bootstrap band);
 4. fraction of zero-advantage (constant-reward) groups per training step;
 5. wall time per RL step (``time/step``) per method;
@@ -28,12 +31,17 @@ import numpy as np
 
 from ..reporting import render_html, render_markdown
 from .runner import DB_NAME
-from .stats import bootstrap_band, bootstrap_ci, holm, min_p_value, paired_test, ranks
+from .stats import (bootstrap_band, bootstrap_ci, hierarchical_bootstrap, holm, iqm_ci, mde, min_p_value,
+                    probability_of_improvement, ranks, sign_flip_p)
 from .store import ArenaStore
 
-__all__ = ["write_report", "final_scores", "ReportData"]
+__all__ = ["write_report", "write_summary", "final_scores", "evidence", "ReportData", "ITEM_METRIC"]
 
 ALPHA = 0.05
+POWER = 0.8
+#: The eval metric whose per-example values ``eval_items`` stores (greedy correctness; their mean is
+#: ``acc``). Comparisons of another ``spec.metric`` pair by seed only.
+ITEM_METRIC = "acc"
 
 
 # ---------------------------------------------------------------------------- data
@@ -90,6 +98,110 @@ def _curves(data: ReportData, table: str, name: str, task: str, method: str) -> 
     return steps, mat
 
 
+def _item_matrix(data: ReportData, cell_ids: list[str]) -> np.ndarray | None:
+    """(cells, items) final per-example scores, columns = items scored in every given cell (sorted
+    ids); None when some cell has no ``eval_items`` rows."""
+    rows = data.store.final_items(cell_ids)
+    if not rows:
+        return None
+    cid, item, score = zip(*rows)
+    cells, ci = np.unique(np.array(cid, dtype=object), return_inverse=True)
+    if len(cells) < len(set(cell_ids)):
+        return None
+    items, ii = np.unique(np.array(item, dtype=object), return_inverse=True)
+    mat = np.full((len(cells), len(items)), np.nan)
+    mat[ci, ii] = np.array(score, dtype=np.float64)  # NULL (None) -> NaN
+    order = np.searchsorted(cells, np.array(cell_ids, dtype=object))  # rows in the order asked
+    mat = mat[order]
+    return mat[:, ~np.isnan(mat).any(axis=0)]
+
+
+def evidence(data: ReportData, task: str, metric: str, *, seed: int = 0,
+             n_boot: int = 2_000) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """The final-score statistics of one task: (method rows, comparison rows, note).
+
+    Method rows: ``task, method, n_seeds, mean, iqm, ci_low, ci_high`` (the CI is the IQM's, a
+    percentile bootstrap over seeds). Comparison rows, each method against ``spec.baseline`` on the
+    seeds both finished: ``task, method, baseline, n_seeds, n_items, diff, ci_low, ci_high, p, p_adj,
+    prob_improvement, mde``. With per-example scores (``metric == "acc"`` and ``eval_items`` rows
+    for every cell involved): ``diff`` is the mean over (seed, prompt) of method − baseline on the
+    prompts every cell scored (``n_items`` of them), its CI the hierarchical bootstrap; the per-seed
+    scores are the means over those prompts. Otherwise the per-seed scores are the final ``metric``
+    values, ``n_items`` is None and the CI is the bootstrap over seeds; ``note`` says why.
+    ``p``: exact sign-flip test on the per-seed differences, ``p_adj``: Holm over the task's
+    comparisons, ``prob_improvement``: P(method seed > baseline seed) (rliable), ``mde``: minimum
+    detectable effect at 80% power (paired t approximation with the seed-level SD of the
+    differences; NaN with one seed). NaN values mean "not defined"."""
+    baseline = data.spec["baseline"]
+    scores = final_scores(data, metric, task)
+    ms = [m for m in data.methods() if m in scores]
+    methods = []
+    for m in ms:
+        vals = np.array([scores[m][sd] for sd in sorted(scores[m])])
+        iqm, lo, hi = iqm_ci(vals, n_boot=n_boot, seed=seed)
+        methods.append({"task": task, "method": m, "n_seeds": int(vals.size), "mean": float(vals.mean()), "iqm": iqm,
+                        "ci_low": lo, "ci_high": hi})
+    cell = {(c["method"], c["seed"]): c["cell_id"] for c in data.done if c["task"] == task}
+    comps: list[dict[str, Any]] = []
+    note = None if metric == ITEM_METRIC else (
+        f"the score `{metric}` has no per-prompt values (eval_items hold greedy `{ITEM_METRIC}`)")
+    for m in ms:
+        if m == baseline or baseline not in scores:
+            continue
+        common = sorted(set(scores[m]) & set(scores[baseline]))
+        if not common:
+            continue
+        mat = _item_matrix(data, [cell[(m, sd)] for sd in common] + [cell[(baseline, sd)] for sd in common]) \
+            if metric == ITEM_METRIC else None
+        if mat is not None and mat.shape[1] > 0:
+            x, y = mat[:len(common)], mat[len(common):]
+            n_items: int | None = x.shape[1]
+            d = x - y
+            xs, ys = x.mean(axis=1), y.mean(axis=1)
+        else:
+            if metric == ITEM_METRIC and mat is None:
+                note = ("per-prompt statistics are unavailable: this database holds no per-example scores "
+                        "(`eval_items`) for these cells (a database made before they were stored, or a trainer "
+                        "that does not write them: agent runs)")
+            elif metric == ITEM_METRIC:
+                note = (f"`{m}` and `{baseline}` scored no evaluation prompt in common (different evaluation "
+                        "sets), so they are compared by seed only")
+            xs = np.array([scores[m][sd] for sd in common])
+            ys = np.array([scores[baseline][sd] for sd in common])
+            n_items, d = None, (xs - ys)[:, None]
+        diff, lo, hi = hierarchical_bootstrap(d, n_boot=n_boot, seed=seed)
+        ds = xs - ys
+        pi = probability_of_improvement(xs, ys, n_boot=n_boot, seed=seed)[0]
+        comps.append({"task": task, "method": m, "baseline": baseline, "n_seeds": len(common), "n_items": n_items,
+                      "diff": diff, "ci_low": lo, "ci_high": hi, "p": float(sign_flip_p(ds, seed=seed)),
+                      "p_adj": None, "prob_improvement": pi,
+                      "mde": mde(float(ds.std(ddof=1)) if ds.size > 1 else 0.0, ds.size, alpha=ALPHA, power=POWER)})
+    for c, a in zip(comps, holm([c["p"] for c in comps])):
+        c["p_adj"] = float(a)
+    return methods, comps, note
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def summary(data: ReportData, *, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """``{"methods": [...], "comparisons": [...]}`` over every task (``evidence``), NaN as None."""
+    metric = data.spec.get("metric", ITEM_METRIC)
+    out: dict[str, list[dict[str, Any]]] = {"methods": [], "comparisons": []}
+    for task in data.tasks():
+        methods, comps, _ = evidence(data, task, metric, seed=seed)
+        out["methods"] += methods
+        out["comparisons"] += comps
+    return _json_safe(out)
+
+
 # ---------------------------------------------------------------------------- blocks
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
@@ -103,7 +215,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> tuple:
     return ("table", headers, rows)
 
 
-def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: int) -> list[tuple]:
+def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: int,
+              collected: dict[str, list[dict[str, Any]]] | None = None) -> list[tuple]:
+    """The report's blocks; the final-score statistics of every task are appended to ``collected``
+    (``{"methods": [...], "comparisons": [...]}``) when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,49 +259,59 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
         scores = final_scores(data, metric, task)
         ms = [m for m in methods if m in scores]
         blocks.append(("h2", f"Final score — task `{task}`"))
-        means = [float(np.mean(list(scores[m].values()))) for m in ms]
-        rk = ranks(means)
-        comps: dict[str, Any] = {}
-        for m in ms:
-            if m == baseline or baseline not in scores:
-                continue
-            common = sorted(set(scores[m]) & set(scores[baseline]))
-            if common:
-                comps[m] = paired_test([scores[m][s] for s in common], [scores[baseline][s] for s in common], seed=seed)
-        adj = dict(zip(comps, holm([r.p_value for r in comps.values()]))) if comps else {}
+        mrows, crows, note = evidence(data, task, metric, seed=seed)
+        if collected is not None:
+            collected["methods"] += mrows
+            collected["comparisons"] += crows
+        rk = ranks([r["mean"] for r in mrows])
         start = final_scores(data, metric, task, first=True)
         warm = [v for m in ms for v in start.get(m, {}).values()]
         if warm:
             blocks.append(("p", f"Warm start (step 0, before RL; shared by all methods of a seed): `{metric}` "
                                 f"{np.mean(warm):.3f} on average over seeds."))
         rows = []
-        for m, mean, r in zip(ms, means, rk):
-            vals = list(scores[m].values())
-            _, lo, hi = bootstrap_ci(vals, seed=seed)
-            row = [f"`{m}`", str(len(vals)), _fmt(mean), f"[{_fmt(lo)}, {_fmt(hi)}]", f"{r:g}"]
-            if m in comps:
-                c = comps[m]
-                sig = adj[m] < ALPHA
-                verdict = "significant" if sig else "not significant"
-                if not sig:
-                    not_sig.append(f"`{m}` vs `{baseline}` on `{task}`")
-                row += [f"{c.mean_diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}]", _pfmt(c.p_value), _pfmt(adj[m]), verdict]
-            else:
-                row += ["(baseline)" if m == baseline else "–", "–", "–", "–"]
+        for r, rank in zip(mrows, rk):
+            m = r["method"]
+            _, lo, hi = bootstrap_ci(list(scores[m].values()), seed=seed)
             gains = [scores[m][sd] - start[m][sd] for sd in scores[m] if sd in start.get(m, {})]
-            row.append(f"{np.mean(gains):+.3f}" if gains else "–")
-            rows.append(row)
-        blocks.append(_table(["method", "seeds", f"final {metric}", "95% CI", "rank",
-                              f"diff vs {baseline} [95% CI]", "p", "p (Holm)", "verdict", "change from warm start"],
-                             rows))
-        if comps:
-            n = min(r.n for r in comps.values())
-            blocks.append(("p", f"Test: two-sided exact sign-flip permutation test on the per-seed differences "
-                                f"(method − `{baseline}`, paired by seed: same warm start, same evaluation set), "
-                                f"Holm–Bonferroni adjusted over the {len(comps)} comparisons; significant means "
-                                f"adjusted p < {ALPHA}. With {n} paired seeds the smallest attainable p is "
+            rows.append([f"`{m}`", str(r["n_seeds"]), _fmt(r["mean"]),
+                         f"[{_fmt(lo)}, {_fmt(hi)}]", f"{_fmt(r['iqm'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
+                         f"{rank:g}", f"{np.mean(gains):+.3f}" if gains else "–"])
+        blocks.append(_table(["method", "seeds", f"final {metric} (mean)", "95% CI", "IQM [95% CI]", "rank",
+                              "change from warm start"], rows))
+        if crows:
+            rows = []
+            for c in crows:
+                sig = c["p_adj"] < ALPHA
+                if not sig:
+                    not_sig.append(f"`{c['method']}` vs `{baseline}` on `{task}` (diff {c['diff']:+.3f}, "
+                                   f"MDE {_fmt(c['mde'])})")
+                design = f"{c['n_seeds']} × {c['n_items']}" if c["n_items"] is not None else f"{c['n_seeds']} × –"
+                below = np.isfinite(c["mde"]) and abs(c["diff"]) < c["mde"]
+                verdict = ("significant" if sig else "not significant") + ("; below the MDE" if below else "")
+                rows.append([f"`{c['method']}`", design, f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                             _pfmt(c["p"]), _pfmt(c["p_adj"]), _fmt(c["prob_improvement"], 2), _fmt(c["mde"]), verdict])
+            blocks.append(("p", f"Comparison with the baseline `{baseline}` (paired: same seed = same warm start, "
+                                f"same evaluation prompts):"))
+            blocks.append(_table(["method", "seeds × prompts", f"diff vs {baseline} [95% CI]", "p", "p (Holm)",
+                                  "P(improvement)", "MDE (80% power)", "verdict"], rows))
+            n = min(c["n_seeds"] for c in crows)
+            blocks.append(("p", "diff: mean over (seed, prompt) of the method's minus the baseline's per-prompt score "
+                                "at the final evaluation, with a 95% hierarchical-bootstrap CI (seeds resampled, then "
+                                "prompts within each seed). p: two-sided exact sign-flip permutation test on the "
+                                "per-seed mean differences, Holm–Bonferroni adjusted over the "
+                                f"{len(crows)} comparisons; significant means adjusted p < {ALPHA}. "
+                                "P(improvement): probability that a seed of the method scores above a seed of the "
+                                "baseline (Mann–Whitney, ties count 1/2; Agarwal et al. 2021). MDE: the smallest true "
+                                f"difference this design (seeds, observed seed-to-seed SD of the differences) detects "
+                                f"with {POWER:.0%} power at α = {ALPHA} (paired t approximation); a non-significant "
+                                "difference smaller than the MDE is not evidence of no effect, only of an effect "
+                                f"below what this sweep can see. With {n} paired seeds the smallest attainable p is "
                                 f"{min_p_value(n):.3g}" + (", so no difference in this table can be significant."
                                                            if min_p_value(n) >= ALPHA else ".")))
+            if note:
+                blocks.append(("p", f"Note: {note}; seeds × – in the table: the comparisons use the per-seed final "
+                                    f"`{metric}` and the CI resamples seeds only."))
 
         # learning curves
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -281,6 +406,7 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
     if not_sig:
         blocks.append(("p", "Not significant (Holm-adjusted p ≥ 0.05): " + "; ".join(not_sig)
                             + ". Differences in means and ranks among these methods may be noise of the seeds; "
+                              "an effect below the MDE would usually go undetected with this many seeds: "
                               "run more seeds (`seeds:` in the spec) before drawing conclusions."))
     else:
         blocks.append(("p", "Every comparison with the baseline is significant at Holm-adjusted p < 0.05."))
@@ -354,18 +480,51 @@ def _slug(s: str) -> str:
 
 
 def write_report(run: str | Path, out_dir: str | Path | None = None, *, figures: str = "figures",
-                 seed: int = 0) -> dict[str, Path]:
+                 seed: int = 0, json_summary: bool = False) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and PNG figures (under ``out_dir/figures``) for an arena
-    run; ``out_dir`` defaults to ``RUN/report``. Returns the paths written."""
+    run; ``out_dir`` defaults to ``RUN/report``. With ``json_summary`` also ``summary.json``:
+    ``{"methods": [...], "comparisons": [...]}`` with the rows of ``evidence`` for every task (the
+    numbers of the final-score tables; undefined values, e.g. the MDE of one seed, are null).
+    Returns the paths written."""
     run = Path(run)
     data = _load(run)
+    collected: dict[str, list[dict[str, Any]]] = {"methods": [], "comparisons": []}
     try:
         out = Path(out_dir) if out_dir is not None else run / "report"
         out.mkdir(parents=True, exist_ok=True)
-        blocks = _sections(data, run, out / figures, figures, seed)
+        blocks = _sections(data, run, out / figures, figures, seed, collected)
     finally:
         data.store.close()
     md, page = out / "report.md", out / "report.html"
     md.write_text(render_markdown(blocks))
     page.write_text(render_html(blocks, f"Arena report: {data.spec['name']}"))
-    return {"markdown": md, "html": page, "figures": out / figures}
+    paths = {"markdown": md, "html": page, "figures": out / figures}
+    if json_summary:
+        paths["json"] = _write_json(out / "summary.json", _json_safe(collected))
+    return paths
+
+
+def write_summary(run: str | Path, out_dir: str | Path | None = None, *, seed: int = 0) -> Path:
+    """Only ``summary.json`` (see ``write_report``) of an arena run, in ``out_dir`` (default ``RUN/report``)."""
+    run = Path(run)
+    data = _load(run)
+    try:
+        body = summary(data, seed=seed)
+    finally:
+        data.store.close()
+    out = Path(out_dir) if out_dir is not None else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_json(out / "summary.json", body)
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> Path:
+    import json
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(body, indent=2, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -94,7 +94,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def run_cell(config: dict[str, Any], run_dir: str, warm_root: str) -> dict[str, Any]:
     """Run one cell (warm start, then RL) in this process; never raises: returns the result dict
-    for ``ArenaStore.finish`` (status done/failed, error, metrics, evals, summary, timings)."""
+    for ``ArenaStore.finish`` (status done/failed, error, metrics, evals, eval_items, summary, timings)."""
     import torch
 
     from ..train.config import build_config
@@ -122,6 +122,7 @@ def run_cell(config: dict[str, Any], run_dir: str, warm_root: str) -> dict[str, 
         "status": status, "error": error, "summary": summary, "warm_s": warm_s,
         "wall_s": time.perf_counter() - t0,
         "metrics": _read_jsonl(run / "metrics.jsonl"), "evals": _read_jsonl(run / "eval.jsonl"),
+        "eval_items": _read_jsonl(run / "eval_items.jsonl"),
     }
 
 

@@ -4,6 +4,7 @@
     grouprl arena --preset quick            # built-in specs: quick (< 20 min on 2 CPU cores), full
     grouprl arena --resume arenas/quick     # continue a killed sweep; finished cells are not re-run
     grouprl report arenas/quick             # report.md + report.html + figures in arenas/quick/report
+    grouprl report arenas/quick --json      # ... and summary.json (per-method IQM, paired comparisons)
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def report_cmd(
     run: Path = typer.Argument(..., help="arena run directory (holds arena.db) or training run directory (config.yaml)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default RUN/report)"),
     export_data: bool = typer.Option(True, "--export/--no-export", help="also (re)write CSV/Parquet exports to RUN/export"),
+    json_out: bool = typer.Option(False, "--json", help="arena runs: also write summary.json (methods with IQM and CI; "
+                                                         "paired comparisons with the baseline: diff, CI, p, p_adj, "
+                                                         "prob_improvement, mde)"),
 ) -> None:
     """Markdown + HTML report of an arena run (figures, confidence intervals, tests) or of one training
     run (curves, evaluation table, summary, config, versions)."""
@@ -70,14 +74,20 @@ def report_cmd(
     if not (run / DB_NAME).is_file() and (run / "config.yaml").is_file():
         from ..train.run_report import write_run_report
 
+        if json_out:
+            console.print(f"[bold red]error:[/] --json writes an arena's summary.json; {run} is a training run, "
+                          f"whose summary is already {run / 'summary.json'}. Drop --json.")
+            raise typer.Exit(code=2)
+
         paths = write_run_report(run, out)
         console.print(f"wrote {paths['markdown']}, {paths['html']} and figures in {paths['figures']}")
         return
     try:
-        paths = write_report(run, out)
+        paths = write_report(run, out, json_summary=json_out)
     except FileNotFoundError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2)
     if export_data:
         export(run / "arena.db", run / "export")
-    console.print(f"wrote {paths['markdown']}, {paths['html']} and figures in {paths['figures']}")
+    console.print(f"wrote {paths['markdown']}, {paths['html']} and figures in {paths['figures']}"
+                  + (f"; {paths['json']}" if "json" in paths else ""))

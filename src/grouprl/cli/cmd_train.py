@@ -138,7 +138,7 @@ def sft(ctx: typer.Context) -> None:
                   pass_k=cfg.pass_k, pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
                   generator=step_generator(cfg.seed, 0, 5))
     (out / "sft_eval.json").write_text(json.dumps({"steps": len(hist), "final_loss": hist[-1]["loss"] if hist else None,
-                                                   **ev}, indent=2) + "\n")
+                                                   **{k: v for k, v in ev.items() if k != "scores"}}, indent=2) + "\n")
     console.print(f"[bold green]SFT done[/] {out}: {sft_summary(hist)} in {time.perf_counter() - t0:.0f}s, "
                   f"held-out greedy acc {ev['acc']:.3f}; next: grouprl train init={out}")
 

@@ -66,9 +66,11 @@ def evaluate(
     top_p: float,
     generator: torch.Generator,
     chunk: int = 256,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Greedy accuracy (overall and per data_group) on a fixed example list, with ``n`` the number of
-    examples scored; sampled pass@k and accuracy on its first ``pass_k_size`` (``n_sampled``)."""
+    examples scored; sampled pass@k and accuracy on its first ``pass_k_size`` (``n_sampled``); and
+    ``scores``: each example's greedy score (1.0 correct, 0.0 not; their mean is ``acc``), a list in
+    the order of ``examples``."""
     prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
     correct = []
     for s in range(0, len(prompts), chunk):
@@ -79,7 +81,7 @@ def evaluate(
         rewards, _ = guard.score_batch(list(examples[s : s + chunk]), decode_responses(tokenizer, gen))
         correct.append(rewards >= CORRECT)
     ok = torch.cat(correct).float()
-    out: dict[str, float] = {"n": len(examples), "acc": float(ok.mean())}
+    out: dict[str, Any] = {"n": len(examples), "acc": float(ok.mean()), "scores": ok.tolist()}
     groups = sorted({e.data_group for e in examples if e.data_group is not None})
     if len(groups) > 1:
         for g in groups:

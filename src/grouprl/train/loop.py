@@ -312,15 +312,29 @@ def make_guard(cfg: TrainConfig, task: Any):
     return guard
 
 
+def _eval_indices(total: int, size: int | None) -> list[int]:
+    if size is None or size >= total:
+        return list(range(total))
+    return torch.linspace(0, total - 1, size).round().long().unique().tolist()
+
+
 def eval_subset(task: Any, size: int | None) -> list:
     """A fixed, seed-independent subset of the task's held-out examples: evenly spaced indices, so
     every sub-task keeps its share and runs with different seeds are evaluated on the same set
     (``size=None``: all of them)."""
     examples = list(task.eval_examples)
-    if size is None or size >= len(examples):
-        return examples
-    idx = torch.linspace(0, len(examples) - 1, size).round().long().unique().tolist()
-    return [examples[i] for i in idx]
+    return [examples[i] for i in _eval_indices(len(examples), size)]
+
+
+def eval_item_ids(task: Any, size: int | None) -> list[str]:
+    """The stable id of each example of ``eval_subset(task, size)`` (same order): its index in the
+    task's full held-out split ``task.eval_examples``, as a string. That split depends on the task's
+    own settings only (never on the run's seed), so an id names the same example for every method
+    and seed, and for every ``eval_size`` (the subset keeps the full split's indices). Indices rather
+    than prompt texts: unique by construction where texts repeat (a mixed task holds ``12+34=`` both
+    in ``add2`` and in ``add2r``, with different answers) and short (eval_items.jsonl stores one score
+    per example per evaluation)."""
+    return [str(i) for i in _eval_indices(len(task.eval_examples), size)]
 
 
 def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -501,7 +515,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
     # -- task, verifier guard, model, reference, optimizer, sampler
     task = load_task(cfg)
     pool = list(task.train_pool)
-    eval_set = eval_subset(task, cfg.eval_size)
+    eval_set, eval_ids = eval_subset(task, cfg.eval_size), eval_item_ids(task, cfg.eval_size)
     if console is not None and cfg.eval_size is not None and cfg.eval_size > len(eval_set):
         console.print(f"note: eval_size={cfg.eval_size}, but task {cfg.task} holds {len(eval_set)} held-out examples; "
                       f"evaluating on {len(eval_set)} (each eval.jsonl row records n)")
@@ -545,11 +559,12 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
         credit.load_state_dict(state.get("credit", {}))
         start_step, failures_total = int(state["step"]), int(state["failures_total"])
         failed_streak = int(state.get("failed_reward_steps", 0))
-    for f in ("metrics.jsonl", "eval.jsonl"):
+    for f in ("metrics.jsonl", "eval.jsonl", "eval_items.jsonl"):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
     # lines are flushed at once and fsync-ed before each checkpoint (not after every line: ~5 ms a step)
     metrics_log = JsonlWriter(run_dir / "metrics.jsonl", fsync_every_line=False)
     eval_log = JsonlWriter(run_dir / "eval.jsonl", fsync_every_line=False)
+    items_log = JsonlWriter(run_dir / "eval_items.jsonl", fsync_every_line=False)  # per-example greedy scores
     tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard, console=console)
 
     def run_eval(step: int) -> dict[str, Any]:
@@ -559,6 +574,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
             pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
             generator=device_generator(step_generator(cfg.seed, step, 5), device))}
         model.train()
+        items_log.write({"step": step, "items": dict(zip(eval_ids, row.pop("scores")))})
         row.update(group_report(row, eval_set))  # per data_group table, worst / p20 / Gini
         if console is not None:
             console.print(format_group_table(step, row))
@@ -698,6 +714,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
         if last or (step + 1) % cfg.save_every == 0:
             metrics_log.sync()
             eval_log.sync()
+            items_log.sync()
             save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
                 "config_hash": cfg.compat_hash(), "sampler": sampler_state(sampler), "methods": methods.state_dict(), "rng": rng_state(),
                 "failures_total": failures_total, "credit": credit.state_dict(), "failed_reward_steps": failed_streak,
@@ -709,6 +726,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
     methods.close()
     metrics_log.close()
     eval_log.close()
+    items_log.close()
     tb.close()
     summary = _summary(run_dir, cfg)
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
