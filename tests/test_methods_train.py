@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from ref_numpy import per_group as _per_group
+from ref_numpy import zscore as _z
 import pytest
 import torch
 
@@ -49,19 +51,6 @@ METHODS = {
 # Exact checks: every step's batch and advantages are recorded on the trainer's path (the
 # MethodHooks.advantages call of grouprl.train.loop) and the logged metrics and the advantages are
 # recomputed from them here, in numpy float64, from each paper's formula (not by the estimator).
-def _z(x, ddof=1, eps=1e-6):
-    if len(x) < 2 or np.all(x == x[0]):
-        return np.zeros_like(x)
-    return (x - x.mean()) / (x.std(ddof=ddof) + eps)
-
-
-def _per_group(r, g, f):
-    out = np.zeros_like(r)
-    for k in np.unique(g):
-        out[g == k] = f(r[g == k])
-    return out
-
-
 def _rows(rec):
     b = rec["batch"]
     return b.rewards.double().numpy(), b.group.numpy(), b.mask.numpy()
