@@ -20,6 +20,7 @@ import errno
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -110,8 +111,11 @@ def exclusive_lock(path: str | os.PathLike) -> int:
         if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             os.close(fd)
             raise
-        try:
-            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        try:  # the holder writes its pid right after taking the lock: give it a moment to appear
+            deadline = time.monotonic() + 2.0
+            while not (text := os.pread(fd, 64, 0).decode(errors="replace").strip()).isdigit() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
         finally:
             os.close(fd)
         raise LockHeld(path, int(text) if text.isdigit() else None) from None
