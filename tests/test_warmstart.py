@@ -193,3 +193,27 @@ def test_list_shows_the_shipped_warm_starts():
     ws = warmstarts.get("add3r-1M")
     row = (f"| add3r-1M | add3r | 1M | {ws.manifest['heldout_greedy_acc']:.3f} (n=1000) | {ws.manifest['command']} |")
     assert "Shipped warm starts (1)" in res.output and row in res.output
+
+
+def test_sampled_evaluation_uses_evenly_spaced_examples():
+    """pass@k and sampled accuracy are measured on pass_k_size examples spread over the whole held-out
+    split (its first examples alone are one corner of it: 0+260=, 1+396=, ... for add3r)."""
+    from grouprl.train.data import evenly_spaced, evaluate, step_generator
+
+    assert evenly_spaced(1000, 5) == [0, 250, 500, 749, 999]
+    assert evenly_spaced(3, 10) == [0, 1, 2] and evenly_spaced(7, None) == list(range(7)) and evenly_spaced(5, 0) == []
+    cfg = build_config({})
+    task = load_task(cfg)
+    model, tok = load_initial_model(cfg, task, Path("/nonexistent-unused"))
+    seen = []
+
+    class Guard:  # records which examples the sampled pass scored (rows repeat pass_k times)
+        def score_batch(self, examples, texts):
+            seen.append([e.prompt for e in examples])
+            return torch.zeros(len(examples)), torch.zeros(len(examples), dtype=torch.bool)
+
+    ex = task.eval_examples[:10]
+    ev = evaluate(model, tok, ex, Guard(), max_new_tokens=2, pass_k=2, pass_k_size=4, temperature=1.0, top_p=1.0,
+                  generator=step_generator(0, 0, 5))
+    assert ev["n"] == 10 and ev["n_sampled"] == 4
+    assert seen[-1] == [ex[i].prompt for i in (0, 3, 6, 9) for _ in range(2)]

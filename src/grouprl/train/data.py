@@ -8,7 +8,7 @@ import torch
 
 from ..rollout import Generation, sample
 
-__all__ = ["encode_prompts", "encode_answers", "LazyTokens", "decode_responses", "step_generator", "evaluate", "CORRECT"]
+__all__ = ["evenly_spaced", "encode_prompts", "encode_answers", "LazyTokens", "decode_responses", "step_generator", "evaluate", "CORRECT"]
 
 # A response counts as correct when its reward reaches this value (verifiers score 1.0 for right).
 CORRECT = 1.0 - 1e-6
@@ -17,6 +17,15 @@ CORRECT = 1.0 - 1e-6
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """A torch.Generator that depends only on (seed, step, stream): a resumed run redraws the same numbers."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 64 + stream) % (2**63 - 1))
+
+
+def evenly_spaced(total: int, size: int | None) -> list[int]:
+    """``size`` evenly spaced indices of ``range(total)`` (all of them for ``size=None`` or more)."""
+    if size is None or size >= total:
+        return list(range(total))
+    if size <= 0:
+        return []
+    return torch.linspace(0, total - 1, size).round().long().unique().tolist()
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -68,7 +77,7 @@ def evaluate(
     chunk: int = 256,
 ) -> dict[str, Any]:
     """Greedy accuracy (overall and per data_group) on a fixed example list, with ``n`` the number of
-    examples scored; sampled pass@k and accuracy on its first ``pass_k_size`` (``n_sampled``); and
+    examples scored; sampled pass@k and accuracy on ``pass_k_size`` evenly spaced ones (``n_sampled``); and
     ``scores``: each example's greedy score (1.0 correct, 0.0 not; their mean is ``acc``), a list in
     the order of ``examples``."""
     prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
@@ -87,14 +96,17 @@ def evaluate(
         for g in groups:
             sel = torch.tensor([e.data_group == g for e in examples])
             out[f"acc/{g}"] = float(ok[sel].mean())
-    n = min(pass_k_size, len(examples))
+    # sampled on evenly spaced examples: a task's held-out split is ordered (the arithmetic tasks by
+    # operand pair), and its first examples alone are a biased sample (0+260=, 1+396=, ...)
+    picked = evenly_spaced(len(examples), min(pass_k_size, len(examples)))
+    n = len(picked)
     if n > 0:
         gen = sample(
-            model, prompts[:n], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+            model, [prompts[i] for i in picked], eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens, num_samples=pass_k, temperature=temperature, top_p=top_p,
             generator=generator,
         )
-        rows = [examples[i] for i in range(n) for _ in range(pass_k)]
+        rows = [examples[i] for i in picked for _ in range(pass_k)]
         rewards, _ = guard.score_batch(rows, decode_responses(tokenizer, gen))
         hit = (rewards >= CORRECT).view(n, pass_k)
         out["n_sampled"] = n

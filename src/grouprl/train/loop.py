@@ -48,7 +48,7 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rn
 from .credit import CreditContext, make_credit
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
-from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, step_generator
+from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, evenly_spaced, step_generator
 from .logging import JsonlWriter, TensorBoard, environment_versions, read_jsonl, truncate_after
 from .methods import MethodHooks, reward_component_fns
 from .reports import format_group_table, group_report, ranking_report, sampler_calibration
@@ -312,18 +312,12 @@ def make_guard(cfg: TrainConfig, task: Any):
     return guard
 
 
-def _eval_indices(total: int, size: int | None) -> list[int]:
-    if size is None or size >= total:
-        return list(range(total))
-    return torch.linspace(0, total - 1, size).round().long().unique().tolist()
-
-
 def eval_subset(task: Any, size: int | None) -> list:
     """A fixed, seed-independent subset of the task's held-out examples: evenly spaced indices, so
     every sub-task keeps its share and runs with different seeds are evaluated on the same set
     (``size=None``: all of them)."""
     examples = list(task.eval_examples)
-    return [examples[i] for i in _eval_indices(len(examples), size)]
+    return [examples[i] for i in evenly_spaced(len(examples), size)]
 
 
 def eval_item_ids(task: Any, size: int | None) -> list[str]:
@@ -334,7 +328,7 @@ def eval_item_ids(task: Any, size: int | None) -> list[str]:
     than prompt texts: unique by construction where texts repeat (a mixed task holds ``12+34=`` both
     in ``add2`` and in ``add2r``, with different answers) and short (eval_items.jsonl stores one score
     per example per evaluation)."""
-    return [str(i) for i in _eval_indices(len(task.eval_examples), size)]
+    return [str(i) for i in evenly_spaced(len(task.eval_examples), size)]
 
 
 def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
