@@ -45,6 +45,8 @@ class EstimatorInfo:
     example: dict[str, Any] | None
     defaults: dict[str, Any] = field(default_factory=dict)
     masks_output: bool = False
+    reward_view: Callable[..., tuple[Tensor, dict[str, float]]] | None = None
+    validate: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def doc(self) -> str:
@@ -76,6 +78,8 @@ def estimator(
     level: str = "outcome",
     example: dict[str, Any] | None = None,
     masks_output: bool = False,
+    reward_view: Callable[..., tuple[Tensor, dict[str, float]]] | None = None,
+    validate: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Register ``fn`` as the estimator ``name``.
 
@@ -84,12 +88,18 @@ def estimator(
     "kwargs": {...}}`` (one response token per row unless a ``mask`` is given).
     ``masks_output``: a (B, T)-returning estimator that guarantees exact zeros on masked tokens
     (and says so in a test) lets ``compute_advantages`` skip its own masking pass.
+    ``reward_view(batch, **hparams) -> (rewards (B,), metrics)``: for an estimator that trains on a
+    reward other than ``batch.rewards`` (MaxMin: the worst-off group's column of
+    ``reward_components``), that reward and the scalars a trainer should log; a trainer gives it to
+    whatever else learns from the reward (a critic). ``validate(hparams)``: raises ``ValueError`` for
+    hyperparameters that are bad together, when they are bound (``get``, ``parse``), before any batch.
     """
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         ESTIMATORS.add(
             name,
-            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output),
+            EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output,
+                          reward_view, validate),
         )
         return fn
 
@@ -228,6 +238,8 @@ def get(name: str, **kwargs: Any) -> Estimator:
     """The registered estimator ``name`` with hyperparameters bound (checked now)."""
     info = ESTIMATORS[name]
     _check_kwargs(f"estimator {name!r}", info.defaults, kwargs)
+    if info.validate is not None:
+        info.validate(kwargs)
     return Estimator([(1.0, info, kwargs)])
 
 
@@ -252,6 +264,8 @@ def parse(expr: str, **hparams: Any) -> Estimator:
         info = ESTIMATORS[m.group(2)]
         kw = {k: v for k, v in hparams.items() if k in info.defaults}
         used.update(kw)
+        if info.validate is not None:
+            info.validate(kw)
         terms.append((w, info, kw))
     unused = set(hparams) - used
     if unused:
