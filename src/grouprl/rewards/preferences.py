@@ -239,6 +239,9 @@ def fit_preference_models(
 
     The difference features are divided by their standard deviation over the data (a constant
     column keeps scale 1) for the fit and θ is stored in the original units, so r_u = θ_u · f(y).
+    θ is projected onto the span of the comparisons' feature differences (the minimum-norm θ with
+    the same margins): directions the data never vary along get no reward, instead of the EM's
+    random initial value.
     Reference statistics (``ref_mean`` / ``ref_std``: each model's reward over every chosen and
     rejected response of the data) go to the manifest for ``normalize=zscore``.
     """
@@ -255,7 +258,13 @@ def fit_preference_models(
                                  seed=seed, restarts=restarts)
     for w in caught:  # re-raise the empty-cluster warning for the caller
         warnings.warn(str(w.message), stacklevel=2)
-    theta = fit.theta / scale
+    # θ's component in the null space of the comparisons (a feature that never differs, or a
+    # combination such as low_digits + high_digits on digit-only data) is left at its random
+    # initialisation by the fit; drop it: the minimum-norm θ with the same margin on every comparison
+    z = diffs / scale
+    _, sv, vh = torch.linalg.svd(z, full_matrices=False)
+    keep = vh[sv > sv.max() * 1e-9] if sv.numel() and float(sv.max()) > 0 else vh[:0]
+    theta = (fit.theta @ keep.T @ keep) / scale
     _, n_users, labels = factorize(data.users)
     labels = labels if labels is not None else sorted(set(data.users))
     assign = fit.assignment.tolist()
