@@ -159,10 +159,12 @@ def test_bad_values_name_the_field():
 
 def test_yaml_config_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("estimator: dr_grpo\nsteps: 7\nestimator_kwargs: {eps: 0.001}\n")
-    cfg = load_config(p, parse_overrides(["steps=9", "estimator_kwargs.std_ddof=0"]))
-    assert cfg.estimator == "dr_grpo" and cfg.steps == 9
-    assert cfg.estimator_kwargs == {"eps": 0.001, "std_ddof": 0}
+    p.write_text("estimator: grpo\nsteps: 7\nestimator_kwargs: {eps: 0.001}\n")
+    cfg = load_config(p, parse_overrides(["steps=9", "estimator_kwargs.ddof=0"]))
+    assert cfg.estimator == "grpo" and cfg.steps == 9
+    assert cfg.estimator_kwargs == {"eps": 0.001, "ddof": 0}
+    with pytest.raises(ConfigError, match="estimator_kwargs: estimator 'grpo' got an unknown hyperparameter 'std_ddof'"):
+        load_config(p, parse_overrides(["estimator_kwargs.std_ddof=0"]))  # refused at load, not at step 1
     with pytest.raises(ConfigError, match="reward_fn: cannot import"):
         train(build_config({"reward_fn": "no_such_module_xyz:f", "out_dir": str(tmp_path), "progress": False}))
     with pytest.raises(ConfigError, match="does not exist"):
