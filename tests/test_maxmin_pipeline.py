@@ -112,10 +112,9 @@ def test_fit_recovers_the_synthetic_population(tmp_path):
     assert len(clusters["A"]) == 1 and len(clusters["B"]) == 1 and clusters["A"] != clusters["B"]
     a, b = clusters["A"].pop(), clusters["B"].pop()
     assert man["cluster_users"][a] == 8 and man["mixture_weights"][b] == pytest.approx(0.2)
-    i_low, i_high = FEATURES.index("low_digits"), FEATURES.index("high_digits")
-    assert models.theta[a, i_low] > models.theta[a, i_high] and models.theta[b, i_high] > models.theta[b, i_low]
-    # the data (digit strings) never vary letters / spaces / other: no reward on them
-    assert models.theta[:, 3:].abs().max() < 1e-12
+    i_low, i_high, i_let = (FEATURES.index(n) for n in ("low_digits", "high_digits", "letters"))
+    th = models.theta
+    assert th[a, i_low] > max(th[a, i_high], th[a, i_let]) and th[b, i_high] > max(th[b, i_low], th[b, i_let])
     # reference statistics: each model's reward over every chosen and rejected response
     r = text_features(data.chosen + data.rejected) @ models.theta.T
     assert man["ref_mean"] == pytest.approx(r.mean(0).tolist(), rel=1e-12)
@@ -127,6 +126,20 @@ def test_fit_recovers_the_synthetic_population(tmp_path):
     assert torch.equal(back.theta, models.theta) and back.manifest == json.loads(json.dumps(man))
     texts = ["0123", "98", ""]
     assert torch.equal(back.score(None, texts), text_features(texts) @ models.theta.T)
+
+
+def test_fit_gives_no_reward_to_what_the_data_never_vary():
+    # digit-only responses: letters / spaces / other never differ between chosen and rejected, and
+    # low_digits + high_digits = 1 always; θ is the minimum-norm one, 0 on those directions
+    from grouprl.rewards.preferences import PreferenceData
+
+    ch = ["1", "22", "034", "5", "12", "4"] * 3
+    rj = ["9", "86", "7", "58", "9", "67"] * 3
+    data = PreferenceData(users=["a", "b", "c"] * 6, prompts=["p"] * 18, chosen=ch, rejected=rj)
+    models, _ = fit_preference_models(data, 1, restarts=1)
+    th = models.theta[0]
+    assert th[3:].abs().max() < 1e-12
+    assert float(th[1] + th[2]) == pytest.approx(0.0, abs=1e-12) and float(th[1]) > 0
 
 
 def test_reward_models_load_errors(tmp_path):
@@ -216,6 +229,19 @@ def test_kl_in_reward_applies_to_every_component(tmp_path):
     a1 = 0.05 / (math.sqrt(0.005) + 1e-6)
     a2 = 0.35 / (math.sqrt(0.245) + 1e-6)
     assert adv[:, 0].tolist() == pytest.approx([a1, -a1, a2, -a2], rel=1e-5)
+
+
+def test_overlong_shaping_applies_to_every_component(tmp_path):
+    # L_max = 3, L_cache = 2: lengths 1, 2, 3 -> penalties 0, −0.5, −1 (DAPO's ramp), on every column
+    cfg = build_config(tiny_overrides(tmp_path, estimator="maxmin", reward_components=["task", "task"],
+                                      overlong_buffer=2))
+    cols = [torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 0.0, 3.0])]
+    hooks = MethodHooks(cfg, None, [lambda ex, t, c=c: c for c in cols])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    out = hooks.prepare(Rollouts(rewards=torch.ones(3), group=torch.zeros(3, dtype=torch.long), mask=mask),
+                        ["a"] * 3, [None] * 3)
+    assert out.reward_components.tolist() == [[1.0, 2.0], [0.5, -0.5], [0.0, 2.0]]
+    assert out.rewards.tolist() == [1.0, 0.5, 0.0]  # group 0 (mean 0.5 < 1.167) is the worst off
 
 
 # ------------------------------------------------------------------ in the loop

@@ -29,9 +29,10 @@ What each method gets:
   ``needs``: ``maxmin``, ``gdpo``, or an expression with one): the K reward models of
   ``reward_models`` (a directory written by ``grouprl fit-rewards``) or the K functions of
   ``reward_components`` (``'task'`` / ``'module:function'``) score every response into
-  ``batch.reward_components`` (B, K); with ``kl_in_reward`` each column gets the same
-  −kl_coef·KL(π‖π_ref) of its sequence as ``rewards`` (MaxMin's F_u = E[r_u] − β·KL, arXiv:2402.08925
-  §2.2). Setting either without such an estimator is an error.
+  ``batch.reward_components`` (B, K); each column gets the same per-response adjustments as
+  ``rewards``: −kl_coef·KL(π_old‖π_ref) of the sequence with ``kl_in_reward`` (MaxMin's
+  F_u = E[r_u] − β·KL, arXiv:2402.08925 §2.2) and DAPO's overlong penalty with
+  ``overlong_buffer``. Setting either without such an estimator is an error.
 * An estimator that declares a ``reward_view`` (MaxMin: the worst-off group's column) has that
   reward put into ``batch.rewards`` when it is the only term, so whatever else learns from the
   reward (the critic of ``credit=critic``) learns from it; its metrics (MaxMin: each group's batch
@@ -134,11 +135,14 @@ class MethodHooks:
     def prepare(self, batch: Rollouts, texts: Sequence[str], examples: Sequence[Any]) -> Rollouts:
         """Reward shaping, extra batch fields and loss masks, before the advantages."""
         cfg = self.cfg
+        shaping = None  # what reward shaping adds to each row's reward, for the components too
         if cfg.overlong_buffer > 0:
             from ..rewards.overlong import shape_overlong
 
+            before = batch.rewards
             batch = shape_overlong(batch, max_length=cfg.max_new_tokens, cache_length=cfg.overlong_buffer,
                                    factor=cfg.overlong_factor)
+            shaping = batch.rewards - before
         if cfg.estimator == "copo" or self.copo_loss:
             from ..rewards.copo import answer_ids
 
@@ -148,6 +152,8 @@ class MethodHooks:
             rc = torch.cat(cols, dim=1).to(batch.device)
             if cfg.kl_in_reward and batch.ref_logprobs is not None and cfg.kl_coef > 0:
                 rc = rc - cfg.kl_coef * sequence_kl(batch.old_logprobs, batch.ref_logprobs, batch.mask)[:, None]
+            if shaping is not None:
+                rc = rc + shaping.to(rc.dtype)[:, None]
             batch = batch.replace(reward_components=rc)
         self._view_metrics = {}
         for name, view, kw in self.views:
