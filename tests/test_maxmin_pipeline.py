@@ -163,6 +163,12 @@ def test_fit_rewards_cli(tmp_path):
     assert man["K"] == 2 and sorted(man["cluster_users"]) == [3, 7] and (out / "reward_models.safetensors").is_file()
     res = runner.invoke(app, ["fit-rewards", str(tmp_path / "pop.jsonl"), "--clusters", "2", "--out", str(out)])
     assert res.exit_code == 2 and "--force" in res.output
+    # the example config takes the fitted directory; zscore gets the manifest's reference statistics
+    from grouprl.train import load_config
+    from grouprl.train.methods import estimator_hparams
+
+    cfg = load_config(EXAMPLES / "maxmin.yaml", {"reward_models": str(out)})
+    assert estimator_hparams(cfg)["ref_mean"] == man["ref_mean"]
     _write(tmp_path / "bad.jsonl", ['{"user": "u", "prompt": "p", "chosen": "a"}'])
     res = runner.invoke(app, ["fit-rewards", str(tmp_path / "bad.jsonl"), "--clusters", "2", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "bad.jsonl:1" in res.output and "rejected" in res.output
