@@ -202,6 +202,8 @@ def test_config_errors(tmp_path):
                                     estimator_kwargs={"normalize": "zscore"}))
     with pytest.raises(ConfigError, match="unknown hyperparameter 'nromalize'"):
         build_config(tiny_overrides(tmp_path, estimator="maxmin", reward_models=rm, estimator_kwargs={"nromalize": "none"}))
+    res = CliRunner().invoke(app, ["train", "estimator=maxmin", f"out_dir={tmp_path}"])
+    assert res.exit_code == 2 and "reward_components=[task, mymodule:fn, ...]" in " ".join(res.output.split())
     # with reward models, zscore takes the manifest's reference statistics
     cfg = build_config(tiny_overrides(tmp_path, estimator="maxmin", reward_models=rm, estimator_kwargs={"normalize": "zscore"}))
     from grouprl.train.methods import reward_component_fns

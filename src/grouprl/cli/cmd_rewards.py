@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .app import app
@@ -50,7 +51,7 @@ def fit_rewards(
         models.manifest["data"] = str(data)
         models.save(out)
     except PreferenceError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=2) from None
     man = models.manifest
     table = Table(title=f"{man['num_pairs']} pairs, {man['num_users']} users, K = {clusters}")
@@ -67,5 +68,5 @@ def fit_rewards(
                   f"{', '.join(f'{x:.2f}' for x in man['restart_log_likelihoods'])}); "
                   f"{man['iterations']} EM iterations, converged: {man['converged']}, re-seeds: {man['reseeds']}")
     for w in caught:
-        console.print(f"[bold yellow]warning:[/] {w.message}")
+        console.print(f"[bold yellow]warning:[/] {escape(str(w.message))}")
     console.print(f"[bold green]wrote[/] {out}; next: grouprl train estimator=maxmin reward_models={out}")
