@@ -44,10 +44,11 @@ def utilities(texts: list[str]) -> torch.Tensor:
 
 
 def _responses(n: int, g: torch.Generator) -> list[str]:
-    """n strings of 1–6 characters: each has its own share p ~ U(0, 1) of low digits among its
+    """n strings of 0–6 characters: each has its own share p ~ U(0, 1) of low digits among its
     digits and q ~ U(0, 0.5) of non-digits (letters, symbols and spaces, which neither group wants), so
-    that the reward models also learn what a non-answer is worth."""
-    lengths = torch.randint(1, 7, (n,), generator=g)
+    that the reward models also learn what a non-answer is worth. Empty answers (1 in 7) are
+    there for the same reason: a policy can produce them, and a model never shown one scores it 0."""
+    lengths = torch.randint(0, 7, (n,), generator=g)
     p = torch.rand(n, generator=g)
     q = 0.5 * torch.rand(n, generator=g)
     low = torch.rand(n, 6, generator=g) < p[:, None]
