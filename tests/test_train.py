@@ -126,9 +126,9 @@ def test_failing_reward_function_is_counted_not_fatal(tmp_path):
 
 # ---------------------------------------------------------------------------- config
 def test_override_syntaxes():
-    got = parse_overrides(["estimator=dr_grpo", "--model", "5M", "--lr=3e-4", "--kl_in_reward",
+    got = parse_overrides(["estimator=grpo", "--model", "5M", "--lr=3e-4", "--kl_in_reward",
                            "estimator_kwargs.eps=1e-5", "--group-size", "4"])
-    assert got == {"estimator": "dr_grpo", "model": "5M", "lr": "3e-4", "kl_in_reward": got["kl_in_reward"],
+    assert got == {"estimator": "grpo", "model": "5M", "lr": "3e-4", "kl_in_reward": got["kl_in_reward"],
                    "estimator_kwargs": {"eps": "1e-5"}, "group_size": 4}
     cfg = build_config(got)
     assert cfg.model == "5M" and cfg.lr == 3e-4 and cfg.kl_in_reward is True and cfg.group_size == 4
