@@ -219,6 +219,9 @@ def test_method_trains_and_its_numbers_are_exact(tmp_path, method, recorded):
             CHECKS[method](rec, rows, cfg)
     if method == "pshw":
         assert all("ter/coef" in r for r in rows)
+    if method == "maxmin":  # exact values in the loop: tests/test_maxmin_pipeline.py
+        for r in rows:  # the logged pick is the argmin of the logged group means (lowest index on ties)
+            assert r["maxmin/worst_group"] == (0.0 if r["maxmin/F_0"] <= r["maxmin/F_1"] else 1.0)
 
 
 def test_schedule_gets_step(tmp_path):

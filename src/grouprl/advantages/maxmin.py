@@ -35,10 +35,10 @@ def worst_group(
     ``rewards``: (B, K), column u = the batch's rewards under group u's reward model (or a list
     of K reward vectors (B,), one per reward function). Ties go to
     the lowest index. ``normalize="zscore"`` (*proposed reading*, the paper's scale handling is
-    not available) compares means after z-scoring each column with ``ref_mean``/``ref_std`` (e.g.
-    statistics of each reward model on a reference batch; default: this batch's column mean and
-    std, under which every mean is 0 and the lowest index wins, so pass reference statistics).
-    The returned vector is the *raw* column.
+    not available) compares means after z-scoring each column with ``ref_mean``/``ref_std``
+    (statistics of each reward model on a reference batch, required: z-scoring with this batch's
+    own statistics would make every mean 0 and the pick arbitrary; ``grouprl fit-rewards`` stores
+    them in its manifest). The returned vector is the *raw* column.
     """
     if isinstance(rewards, (list, tuple)):
         if not rewards:
@@ -46,21 +46,45 @@ def worst_group(
         rewards = torch.stack([torch.as_tensor(x) for x in rewards], dim=1)
     if rewards.dim() != 2 or rewards.shape[1] < 1:
         raise ValueError(f"maxmin: rewards must be (B, K) with K >= 1, got {tuple(rewards.shape)}.")
-    if normalize not in NORMALIZE:
-        raise ValueError(f"maxmin: normalize={normalize!r}; choose one of {NORMALIZE}")
+    _validate({"normalize": normalize, "ref_mean": ref_mean, "ref_std": ref_std})
     r = rewards.to(torch.float64)
     if normalize == "zscore":
-        mu = r.mean(0) if ref_mean is None else torch.as_tensor(ref_mean, dtype=torch.float64, device=r.device)
-        if ref_std is None:
-            sd = r.std(0, correction=1) if r.shape[0] > 1 else torch.ones_like(mu)
-        else:
-            sd = torch.as_tensor(ref_std, dtype=torch.float64, device=r.device)
+        mu = torch.as_tensor(ref_mean, dtype=torch.float64, device=r.device)
+        sd = torch.as_tensor(ref_std, dtype=torch.float64, device=r.device)
         if mu.shape != (r.shape[1],) or sd.shape != (r.shape[1],):
             raise ValueError(f"maxmin: ref_mean/ref_std must have one entry per reward model ({r.shape[1]}).")
         r = (r - mu) / (sd + eps)
     means = r.mean(0)
     u = int(torch.argmin(means))  # first minimum: lowest index on ties
     return rewards[:, u], u, means
+
+
+def _validate(kw: dict) -> None:
+    """``normalize`` is known, and ``zscore`` comes with reference statistics (see ``worst_group``)."""
+    normalize = kw.get("normalize", "none")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"maxmin: normalize={normalize!r}; choose one of {NORMALIZE}")
+    if normalize == "zscore" and (kw.get("ref_mean") is None or kw.get("ref_std") is None):
+        raise ValueError(
+            "maxmin: normalize='zscore' needs reference statistics ref_mean and ref_std (one entry per reward "
+            "model); z-scoring with the batch's own statistics makes every group's mean 0 and the pick arbitrary. "
+            "Pass estimator_kwargs.ref_mean=[...] and ref_std=[...], or train with reward_models=DIR "
+            "(its manifest holds them), or use normalize='none'."
+        )
+
+
+def _view(batch: Rollouts, *, normalize: str = "none", ref_mean=None, ref_std=None, **_: object):
+    """The reward MaxMin trains on (the worst-off group's raw column) and what a trainer logs: each
+    group's batch mean F_u = mean_b r_u(b) (``F_u``; the compared z-scored mean ``Fz_u`` when
+    ``normalize="zscore"``) and the chosen index ``worst_group``."""
+    rc = batch.reward_components
+    r, u, means = worst_group(rc, normalize=normalize, ref_mean=ref_mean, ref_std=ref_std)
+    raw = rc.to(torch.float64).mean(0).tolist()
+    out = {f"F_{k}": float(m) for k, m in enumerate(raw)}
+    if normalize == "zscore":
+        out.update({f"Fz_{k}": float(m) for k, m in enumerate(means.tolist())})
+    out["worst_group"] = float(u)
+    return r, out
 
 
 @estimator(
@@ -72,6 +96,8 @@ def worst_group(
         "group": [0, 0, 0, 0],
         "reward_components": [[1.0, 0.5], [0.5, 0.0], [1.0, 0.5], [0.5, 0.0]],
     },
+    reward_view=_view,
+    validate=_validate,
 )
 def maxmin(
     batch: Rollouts,

@@ -49,6 +49,8 @@ class EstimatorInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
     masks_output: bool = False
     traits: frozenset[str] = frozenset()
+    reward_view: Callable[..., tuple[Tensor, dict[str, float]]] | None = None
+    validate: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def doc(self) -> str:
@@ -87,6 +89,8 @@ def estimator(
     example: dict[str, Any] | None = None,
     masks_output: bool = False,
     traits: tuple[str, ...] = (),
+    reward_view: Callable[..., tuple[Tensor, dict[str, float]]] | None = None,
+    validate: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Register ``fn`` as the estimator ``name``.
 
@@ -96,6 +100,11 @@ def estimator(
     ``masks_output``: a (B, T)-returning estimator that guarantees exact zeros on masked tokens
     (and says so in a test) lets ``compute_advantages`` skip its own masking pass.
     ``traits``: declared properties that the trainer's hooks check (``TRAITS`` lists them).
+    ``reward_view(batch, **hparams) -> (rewards (B,), metrics)``: for an estimator that trains on a
+    reward other than ``batch.rewards`` (MaxMin: the worst-off group's column of
+    ``reward_components``), that reward and the scalars a trainer should log; a trainer gives it to
+    whatever else learns from the reward (a critic). ``validate(hparams)``: raises ``ValueError`` for
+    hyperparameters that are bad together, when they are bound (``get``, ``parse``), before any batch.
     """
     unknown = set(traits) - set(TRAITS)
     if unknown:
@@ -105,7 +114,7 @@ def estimator(
         ESTIMATORS.add(
             name,
             EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output,
-                          frozenset(traits)),
+                          frozenset(traits), reward_view, validate),
         )
         return fn
 
@@ -276,6 +285,8 @@ def get(name: str, **kwargs: Any) -> Estimator:
     """The registered estimator ``name`` with hyperparameters bound (checked now)."""
     info = ESTIMATORS[name]
     _check_kwargs(f"estimator {name!r}", info.defaults, kwargs)
+    if info.validate is not None:
+        info.validate(kwargs)
     return Estimator([(1.0, info, kwargs)])
 
 
@@ -312,6 +323,8 @@ def parse(expr: str, **hparams: Any) -> Estimator:
         info = ESTIMATORS[m.group(2)]
         kw = {k: v for k, v in hparams.items() if k in info.defaults}
         used.update(kw)
+        if info.validate is not None:
+            info.validate(kw)
         terms.append((w, info, kw))
     unused = set(hparams) - used
     if unused:

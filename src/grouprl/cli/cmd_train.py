@@ -54,7 +54,9 @@ def _split_special(words: list[str], names: tuple[str, ...]) -> tuple[dict[str, 
 
 
 def _fail(console: Console, exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message's [a, b] is text, not markup
     raise typer.Exit(code=2)
 
 

@@ -108,6 +108,9 @@ class TrainConfig(BaseModel):
     reward_components: list[str] = Field(
         default_factory=list, description="MaxMin: reward functions ('task' or 'module:function'), one per user group"
     )
+    reward_models: str | None = Field(
+        None, description="MaxMin: a directory from `grouprl fit-rewards`; its K reward models score each response into reward_components"
+    )
     # optimisation
     steps: int = Field(200, ge=0, description="RL steps")
     lr: float = Field(1e-4, gt=0)
@@ -320,6 +323,9 @@ class TrainConfig(BaseModel):
                 f"mini_batches={self.mini_batches} exceeds the rows per step "
                 f"(prompts_per_step*group_size = {self.prompts_per_step * self.group_size})"
             )
+        from .estimator_setup import check_method_config
+
+        check_method_config(self)  # reward components / reward models and estimator hyperparameters
         return self
 
     def compat_hash(self) -> str:

@@ -50,7 +50,7 @@ from .device import apply_lora, autocast, device_generator, resolve_device, reso
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
 from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, evenly_spaced, step_generator
 from .logging import JsonlWriter, TensorBoard, environment_versions, read_jsonl, truncate_after
-from .methods import MethodHooks, reward_component_fns
+from .methods import MethodHooks, reward_component_fns, sequence_kl
 from .reports import format_group_table, group_report, ranking_report, sampler_calibration
 from .sampler import get_sampler, load_sampler_state, sampler_state
 from .sft import lr_at, sft, sft_kwargs, sft_progress, sft_summary
@@ -630,7 +630,7 @@ def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any =
         rewards = gen.rewards.clone()
         seq_kl = None
         if ref_lp is not None:
-            seq_kl = ((old_lp - ref_lp) * mask).sum(dim=1)  # k1 per sequence, for the in-reward penalty
+            seq_kl = sequence_kl(old_lp, ref_lp, mask)  # k1 per sequence, for the in-reward penalty
             if cfg.kl_in_reward:
                 rewards = rewards - cfg.kl_coef * seq_kl
         times["logprobs"] = time.perf_counter() - t0

@@ -25,10 +25,19 @@ What each method gets:
 * DAPO overlong reward shaping (``overlong_buffer`` > 0: L_cache = overlong_buffer, L_max =
   max_new_tokens, factor ``overlong_factor``) before the advantages, and overlong filtering
   (``mask_truncated``: truncated rows keep their place in the group statistics but get no loss).
-* MaxMin (``reward_components``: a list of ``'task'`` / ``'module:function'`` reward functions):
-  each is evaluated on every response into ``batch.reward_components`` (B, K); the ``maxmin``
-  estimator then trains on the worst-off column. The built-in tasks have a single verifier, so
-  without extra functions MaxMin is K = 1 = its base estimator.
+* Reward components (any estimator that declares the batch field ``reward_components`` in its
+  ``needs``: ``maxmin``, ``gdpo``, or an expression with one): the K reward models of
+  ``reward_models`` (a directory written by ``grouprl fit-rewards``) or the K functions of
+  ``reward_components`` (``'task'`` / ``'module:function'``) score every response into
+  ``batch.reward_components`` (B, K); each column gets the same per-response adjustments as
+  ``rewards``: −kl_coef·KL(π_old‖π_ref) of the sequence with ``kl_in_reward`` (MaxMin's
+  F_u = E[r_u] − β·KL, arXiv:2402.08925 §2.2) and DAPO's overlong penalty with
+  ``overlong_buffer``. Setting either without such an estimator is an error.
+* An estimator that declares a ``reward_view`` (MaxMin: the worst-off group's column) has that
+  reward put into ``batch.rewards`` when it is the only term, so whatever else learns from the
+  reward (the critic of ``credit=critic``) learns from it; its metrics (MaxMin: each group's batch
+  mean ``maxmin/F_u`` and ``maxmin/worst_group``) are logged. ``normalize=zscore`` takes the
+  reference statistics of ``reward_models`` unless ``estimator_kwargs`` give them.
 """
 
 from __future__ import annotations
@@ -43,7 +52,9 @@ from ..advantages import compute_advantages
 from ..advantages.registry import ESTIMATORS
 from ..core import Rollouts
 
-__all__ = ["MethodHooks", "estimator_takes", "reward_component_fns"]
+from .estimator_setup import check_method_config, estimator_hparams, load_reward_models
+
+__all__ = ["MethodHooks", "estimator_takes", "reward_component_fns", "check_method_config", "estimator_hparams"]
 
 
 def estimator_takes(name: str, hparam: str) -> bool:
@@ -59,12 +70,19 @@ def estimator_takes(name: str, hparam: str) -> bool:
 
 
 def reward_component_fns(cfg: Any, task: Any, task_guard: Any) -> list[Callable[[list, list[str]], Tensor]]:
-    """One scorer ``fn(examples, texts) -> (B,) rewards`` per entry of ``cfg.reward_components``:
-    ``'task'`` reuses the run's verifier guard, ``'module:function'`` gets its own guard (a worker
-    with a timeout, failures scored ``failure_reward``)."""
+    """One scorer ``fn(examples, texts) -> (B,) rewards`` per reward component: the K models of
+    ``cfg.reward_models`` (one scorer returning (B, K), in-process), or one per entry of
+    ``cfg.reward_components``: ``'task'`` reuses the run's verifier guard, ``'module:function'`` gets
+    its own guard (a worker with a timeout, failures scored ``failure_reward``)."""
     from ..tasks import RewardGuard
     from .loop import load_reward_fn
 
+    if cfg.reward_models:
+        models = load_reward_models(cfg)
+        fn = lambda ex, texts: models.score(None, texts)  # noqa: E731
+        fn.guard = None  # type: ignore[attr-defined]
+        fn.models = models  # type: ignore[attr-defined]
+        return [fn]
     fns = []
     for spec in cfg.reward_components:
         guard = task_guard if spec == "task" else RewardGuard(
@@ -73,6 +91,11 @@ def reward_component_fns(cfg: Any, task: Any, task_guard: Any) -> list[Callable[
         fn.guard = None if spec == "task" else guard  # type: ignore[attr-defined]
         fns.append(fn)
     return fns
+
+
+def sequence_kl(old_logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """(B,) Σ_t (log π_old − log π_ref) over each response (k1), the loop's in-reward KL."""
+    return ((old_logprobs - ref_logprobs) * mask).sum(dim=1)
 
 
 class MethodHooks:
@@ -90,32 +113,54 @@ class MethodHooks:
                 f"overlong_buffer={cfg.overlong_buffer} exceeds max_new_tokens={cfg.max_new_tokens}; the soft "
                 "punishment zone L_cache must fit inside the maximum length. Lower overlong_buffer."
             )
-        if cfg.estimator == "maxmin" and not self.score_fns:
+        from ..advantages import registry
+
+        models = next((getattr(f, "models", None) for f in self.score_fns if getattr(f, "models", None)), None)
+        self.est_kwargs = estimator_hparams(cfg, models)
+        terms = registry.parse(cfg.estimator, **self.est_kwargs).terms
+        self.fill_components = "reward_components" in registry.parse(cfg.estimator).needs
+        if self.fill_components and not self.score_fns:
             raise ValueError(
-                "estimator=maxmin needs reward_components (one reward function per user group, e.g. "
-                "reward_components=[task, mymodule:brevity]); the built-in tasks have a single verifier."
+                f"estimator {cfg.estimator!r} reads reward_components: set reward_models=DIR or reward_components="
+                "[task, mymodule:brevity] (one reward function per user group); the built-in tasks have a single verifier."
             )
+        self.views = [(info.name, info.reward_view, kw) for _w, info, kw in terms if info.reward_view is not None]
+        self.view_sets_rewards = len(terms) == 1 and bool(self.views)
+        self._view_metrics: dict[str, float] = {}
         self.copo_loss = cfg.loss == "copo"
         self._copo = None
-        self._worst: int | None = None
         self._ter_entropy: float | None = None
 
     # ------------------------------------------------------------------ batch
     def prepare(self, batch: Rollouts, texts: Sequence[str], examples: Sequence[Any]) -> Rollouts:
         """Reward shaping, extra batch fields and loss masks, before the advantages."""
         cfg = self.cfg
+        shaping = None  # what reward shaping adds to each row's reward, for the components too
         if cfg.overlong_buffer > 0:
             from ..rewards.overlong import shape_overlong
 
+            before = batch.rewards
             batch = shape_overlong(batch, max_length=cfg.max_new_tokens, cache_length=cfg.overlong_buffer,
                                    factor=cfg.overlong_factor)
+            shaping = batch.rewards - before
         if cfg.estimator == "copo" or self.copo_loss:
             from ..rewards.copo import answer_ids
 
             batch = batch.replace(answer=answer_ids(list(texts), extractor=self.task.extract).to(batch.device))
-        if self.score_fns:
-            cols = [fn(list(examples), list(texts)).to(torch.float32) for fn in self.score_fns]
-            batch = batch.replace(reward_components=torch.stack(cols, dim=1).to(batch.device))
+        if self.fill_components:
+            cols = [fn(list(examples), list(texts)).to(torch.float32).reshape(len(batch), -1) for fn in self.score_fns]
+            rc = torch.cat(cols, dim=1).to(batch.device)
+            if cfg.kl_in_reward and batch.ref_logprobs is not None and cfg.kl_coef > 0:
+                rc = rc - cfg.kl_coef * sequence_kl(batch.old_logprobs, batch.ref_logprobs, batch.mask)[:, None]
+            if shaping is not None:
+                rc = rc + shaping.to(rc.dtype)[:, None]
+            batch = batch.replace(reward_components=rc)
+        self._view_metrics = {}
+        for name, view, kw in self.views:
+            r, m = view(batch, **kw)
+            self._view_metrics.update({f"{name}/{k}": v for k, v in m.items()})
+            if self.view_sets_rewards:
+                batch = batch.replace(rewards=r.to(batch.rewards.dtype))
         if cfg.mask_truncated:
             from ..rewards.overlong import overlong_filter
 
@@ -125,16 +170,11 @@ class MethodHooks:
     def advantages(self, batch: Rollouts, step: int) -> Tensor:
         """(B, T) advantages; schedules get ``step``/``total_steps``; COPO's loss gets the local ones."""
         cfg = self.cfg
-        kw = dict(cfg.estimator_kwargs)
+        kw = dict(self.est_kwargs)
         if estimator_takes(cfg.estimator, "step"):
             kw.setdefault("step", step)
             if estimator_takes(cfg.estimator, "total_steps"):
                 kw.setdefault("total_steps", cfg.steps)
-        if cfg.estimator == "maxmin":
-            from ..advantages.maxmin import worst_group
-
-            self._worst = worst_group(batch.reward_components, normalize=kw.get("normalize", "none"),
-                                      ref_mean=kw.get("ref_mean"), ref_std=kw.get("ref_std"))[1]
         if not self.copo_loss:
             return compute_advantages(cfg.estimator, batch, **kw)
         from ..advantages.copo import copo_terms
@@ -178,8 +218,7 @@ class MethodHooks:
         if self._copo is not None:
             out["copo/blend_weight"] = float(self._copo.weight.mean())
             out["copo/answer_entropy"] = float(self._copo.entropy.mean())
-        if self._worst is not None:
-            out["maxmin/worst_group"] = float(self._worst)
+        out.update(self._view_metrics)
         return out
 
     def close(self) -> None:
