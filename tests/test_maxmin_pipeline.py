@@ -200,7 +200,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="needs reference statistics"):
         build_config(tiny_overrides(tmp_path, estimator="maxmin", reward_components=["task", "task"],
                                     estimator_kwargs={"normalize": "zscore"}))
-    with pytest.raises(ConfigError, match="unknown hyperparameter 'nromalize'"):
+    with pytest.raises(ConfigError, match="estimator 'maxmin' has no keyword 'nromalize'; did you mean 'normalize'"):
         build_config(tiny_overrides(tmp_path, estimator="maxmin", reward_models=rm, estimator_kwargs={"nromalize": "none"}))
     res = CliRunner().invoke(app, ["train", "estimator=maxmin", f"out_dir={tmp_path}"])
     assert res.exit_code == 2 and "reward_components=[task, mymodule:fn, ...]" in " ".join(res.output.split())

@@ -170,7 +170,10 @@ def _maxmin_check(rec, rows, cfg):  # MaxMin-RLHF arXiv:2402.08925: GRPO on the 
     c = b.reward_components.double().numpy()
     worst = int(np.argmin(c.mean(0)))
     assert rows[rec["step"]]["maxmin/worst_group"] == worst
-    assert np.array_equal(c[:, 0], b.rewards.double().numpy())  # component "task" is the verifier's reward
+    # component "task" is the verifier's reward (the logged mean); the batch's reward is the worst-off
+    # group's column (maxmin's declared reward_view), which whatever else learns from the reward sees
+    assert rows[rec["step"]]["reward"] == pytest.approx(c[:, 0].mean(), abs=1e-6)
+    assert np.array_equal(c[:, worst], b.rewards.double().numpy())
     _same(_row_adv(rec), _per_group(c[:, worst], b.group.numpy(), _z))
 
 

@@ -167,7 +167,8 @@ def test_keyword_ranges_checked_at_load(words, msg):
 
 def test_good_keywords_pass_the_load_probe():
     _cfg("estimator=canon_cosine", "estimator_kwargs.warmup_steps=1")
-    _cfg("estimator=maxmin", "estimator_kwargs.normalize=zscore")
+    _cfg("estimator=maxmin", "estimator_kwargs.normalize=zscore", "estimator_kwargs.ref_mean=[0.5, 0.5]",
+         "estimator_kwargs.ref_std=[0.2, 0.2]", "reward_components=[task, pkg.mod:brevity]")
     _cfg("sampler=vade", "sampler_kwargs.fast_decay=0.5", "loss_kwargs.eps_high=0.28")
 
 
@@ -217,7 +218,7 @@ def test_rg_task_needs_a_dataset():
 
 
 def test_good_names_load(tmp_path):
-    cfg = _cfg("task=mix:add1,sub2", "reward_fn=pkg.mod:score", "reward_components=[task, pkg.mod:brevity]",
+    cfg = _cfg("task=mix:add1,sub2", "reward_fn=pkg.mod:score", "estimator=maxmin", "reward_components=[task, pkg.mod:brevity]",
                f"model={tmp_path}", "env=gridworld", "task=no_such_task_but_env_runs_ignore_it")
     assert cfg.model == str(tmp_path)
     assert _cfg("init=/ckpt/checked/when/the/run/starts", "model=ignored_with_init").model == "ignored_with_init"

@@ -160,10 +160,14 @@ def example_batch(example: dict[str, Any]) -> tuple[Rollouts, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+class MissingBatchField(ValueError):
+    """The batch lacks a field the estimator declares in ``needs``."""
+
+
 def _check_needs(info: EstimatorInfo, batch: Rollouts) -> None:
     missing = [f for f in info.needs if not batch.has(f)]
     if missing:
-        raise ValueError(
+        raise MissingBatchField(
             f"estimator {info.name!r} needs the batch field(s) {', '.join(map(repr, missing))}, "
             f"which the batch does not have; build Rollouts with {missing[0]}=... "
             f"(it needs: {', '.join(info.needs)})."

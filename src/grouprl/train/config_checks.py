@@ -187,8 +187,12 @@ def _probe(cfg: Any, kw: dict[str, dict[str, Any]]) -> None:
     from ..sampling import SAMPLERS
 
     if kw["estimator_kwargs"]:
+        from .estimator_setup import estimator_hparams
+
+        # with the values the run will bind (e.g. z-score statistics from reward_models' manifest)
+        bound = {**estimator_hparams(cfg), **kw["estimator_kwargs"]}
         for _, info, _ in registry.parse(cfg.estimator).terms:
-            own = {k: v for k, v in kw["estimator_kwargs"].items() if k in info.defaults}
+            own = {k: v for k, v in bound.items() if k in info.defaults}
             if not own or not info.example:
                 continue
             batch, ex_kw = registry.example_batch(info.example)
@@ -198,6 +202,8 @@ def _probe(cfg: Any, kw: dict[str, dict[str, Any]]) -> None:
                 continue
             try:
                 registry.compute_advantages(info.name, batch, **{**ex_kw, **own})
+            except registry.MissingBatchField:  # e.g. base=gae needs values the worked example lacks:
+                continue  # the values are not refused; the run's batch is checked at its first step
             except _PROBE_ERRORS as exc:
                 raise ValueError(f"estimator_kwargs {own}: estimator {info.name!r} refuses them: {exc}") from None
     if kw["loss_kwargs"] and LOSSES[cfg.loss].example:
