@@ -17,7 +17,7 @@ from grouprl.losses import normalizers
 from grouprl.rollout import Generation, response_logprobs, sample
 from grouprl.train import build_config, train
 from grouprl.train.logging import JsonlWriter, read_jsonl
-from grouprl.train.loop import OPTIONAL_OLD_POLICY_READERS, _forward_logprobs, old_logprobs_source, update_policy
+from grouprl.train.loop import _forward_logprobs, old_logprobs_source, update_policy
 
 from test_train import tiny_overrides
 
@@ -219,7 +219,7 @@ def test_old_logprobs_source(kw, want):
 
 def test_every_estimator_that_reads_old_policy_fields_is_resolved_to_recompute():
     """A guard for new estimators: any whose module reads batch.entropy / old_logprobs / ref_logprobs
-    must declare it in ``needs`` or be listed in OPTIONAL_OLD_POLICY_READERS."""
+    must declare it in its registry entry's ``needs`` or ``optional``."""
     fields = {"entropy", "old_logprobs", "ref_logprobs"}
     for name, info in ESTIMATORS.items():
         tree = ast.parse(inspect.getsource(inspect.getmodule(info.fn)))
@@ -228,8 +228,7 @@ def test_every_estimator_that_reads_old_policy_fields_is_resolved_to_recompute()
         reads |= {n.args[0].value for n in ast.walk(tree)
                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("get", "has")
                   and n.args and isinstance(n.args[0], ast.Constant) and n.args[0].value in fields}
-        if reads and not set(info.needs) & fields:
-            assert name in OPTIONAL_OLD_POLICY_READERS, f"{name} reads {reads} without declaring it"
+        assert reads <= set(info.needs) | set(info.optional), f"{name} reads {reads} without declaring it"
 
 
 def test_rollout_is_with_auto_is_allowed_and_with_sampling_refused():

@@ -134,6 +134,7 @@ def _canon_core(
 # ------------------------------------------------------------------------------ estimators
 @estimator(
     "canon",
+    optional=("entropy", "metric"),  # the split metric: the batch's, else mean old-policy token entropy
     paper="CANON: Conditional Advantage Estimation for RL in Large Reasoning Models, arXiv:2509.23962",
     example={**_EX2, "kwargs": {"lam": 1.0, "alpha": 1.2}},
 )
@@ -175,6 +176,7 @@ def canon(
 
 @estimator(
     "canon_anneal",
+    optional=("entropy", "metric"),  # the split metric: the batch's, else mean old-policy token entropy
     paper="CANON (annealed by batch accuracy), arXiv:2509.23962",
     example=_EX2,
 )
@@ -224,6 +226,7 @@ def cosine_with_restarts(
 
 @estimator(
     "canon_cosine",
+    optional=("entropy", "metric"),  # the split metric: the batch's, else mean old-policy token entropy
     paper="CANON (Cos-First-Intra-Later-Inter), arXiv:2509.23962",
     example={**_EX2, "kwargs": {"step": 50}},
 )
@@ -254,6 +257,7 @@ def canon_cosine(
 
 @estimator(
     "canon_cosine_r",
+    optional=("entropy", "metric"),  # the split metric: the batch's, else mean old-policy token entropy
     paper="CANON (Cos-First-Inter-Later-Intra), arXiv:2509.23962",
     example={**_EX2, "kwargs": {"step": 50}},
 )
@@ -283,6 +287,7 @@ def canon_cosine_r(
 
 @estimator(
     "canon_random",
+    optional=("entropy", "metric"),  # the split metric: the batch's, else mean old-policy token entropy
     paper="CANON (random-regrouping control), arXiv:2509.23962",
     example={"rewards": [1, 0, 0, 1], "group": [0, 0, 0, 0]},
 )

@@ -49,6 +49,7 @@ class EstimatorInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
     masks_output: bool = False
     traits: frozenset[str] = frozenset()
+    optional: tuple[str, ...] = ()
     reward_view: Callable[..., tuple[Tensor, dict[str, float]]] | None = None
     validate: Callable[[dict[str, Any]], None] | None = None
 
@@ -89,6 +90,7 @@ def estimator(
     example: dict[str, Any] | None = None,
     masks_output: bool = False,
     traits: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
     reward_view: Callable[..., tuple[Tensor, dict[str, float]]] | None = None,
     validate: Callable[[dict[str, Any]], None] | None = None,
 ):
@@ -100,6 +102,8 @@ def estimator(
     ``masks_output``: a (B, T)-returning estimator that guarantees exact zeros on masked tokens
     (and says so in a test) lets ``compute_advantages`` skip its own masking pass.
     ``traits``: declared properties that the trainer's hooks check (``TRAITS`` lists them).
+    ``optional``: batch fields it reads when the batch has them (not checked; a trainer that can
+    supply them does, e.g. CANON's old-policy ``entropy`` when the batch has no ``metric``).
     ``reward_view(batch, **hparams) -> (rewards (B,), metrics)``: for an estimator that trains on a
     reward other than ``batch.rewards`` (MaxMin: the worst-off group's column of
     ``reward_components``), that reward and the scalars a trainer should log; a trainer gives it to
@@ -114,7 +118,7 @@ def estimator(
         ESTIMATORS.add(
             name,
             EstimatorInfo(name, fn, tuple(needs), paper, level, example, _keyword_defaults(fn), masks_output,
-                          frozenset(traits), reward_view, validate),
+                          frozenset(traits), tuple(optional), reward_view, validate),
         )
         return fn
 
@@ -248,6 +252,14 @@ class Estimator:
     def any_traits(self) -> frozenset[str]:
         """The traits at least one term declares."""
         return frozenset().union(*(info.traits for _, info, _ in self.terms))
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        """The batch fields some term reads when present (``estimator(optional=...)``)."""
+        seen: dict[str, None] = {}
+        for _, info, _ in self.terms:
+            seen.update(dict.fromkeys(info.optional))
+        return tuple(seen)
 
     @property
     def needs(self) -> tuple[str, ...]:

@@ -428,11 +428,6 @@ def update_policy(
     return loss_sums, grad_norms, n_updates
 
 
-#: Estimators that read the old policy's entropies or log-probs without declaring them in ``needs``
-#: (CANON conditions on the mean token entropy when the batch has no ``metric``).
-OPTIONAL_OLD_POLICY_READERS = frozenset({"canon", "canon_anneal", "canon_cosine", "canon_cosine_r", "canon_random"})
-
-
 def old_logprobs_source(cfg: TrainConfig) -> str:
     """Where the step's old-policy log-probs come from: ``"recompute"`` (a no-grad forward before
     the update), ``"sampling"`` (recorded while sampling) or ``"update"`` (the update forward's own,
@@ -449,9 +444,9 @@ def old_logprobs_source(cfg: TrainConfig) -> str:
         return cfg.old_logprobs
     from ..advantages import registry
 
-    terms = registry.parse(cfg.estimator).terms
-    old_fields = {"old_logprobs", "entropy", "ref_logprobs"}
-    reads_old = any(set(info.needs) & old_fields or info.name in OPTIONAL_OLD_POLICY_READERS for _w, info, _kw in terms)
+    parsed = registry.parse(cfg.estimator)
+    # fields an estimator needs, or reads when present (its registry entry's needs / optional)
+    reads_old = bool(set(parsed.needs + parsed.optional) & {"old_logprobs", "entropy", "ref_logprobs"})
     on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
     simple = cfg.credit == "none" and not cfg.ter and cfg.kl_coef == 0 and cfg.rollout_is == "none"
     return "update" if on_policy and simple and not reads_old else "recompute"
