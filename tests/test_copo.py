@@ -151,3 +151,36 @@ def test_answer_extraction_and_ids():
     assert answer_ids(["x"], extractor=lambda s: "same")[0] == stable_id("same")
     with pytest.raises(ValueError, match="row 1"):
         answer_ids(["ok", 3])
+
+
+def test_copo_in_an_expression_gets_its_answers_and_trains(tmp_path):
+    """The trainer fills ``answer`` because the estimator declares it in ``needs``, not by its name:
+    an expression with copo trains (it stopped at step 1 when only estimator='copo' got answers)."""
+    from grouprl.train import build_config, train
+    from grouprl.train.logging import read_jsonl
+    from test_train import tiny_overrides
+
+    summary = train(build_config(tiny_overrides(tmp_path, name="mix", steps=2, estimator="0.5*copo + 0.5*grpo")))
+    rows = read_jsonl(tmp_path / "runs" / "mix" / "metrics.jsonl")
+    assert summary["steps"] == 2 and [r["step"] for r in rows] == [1, 2]
+
+
+def test_copo_loss_declares_what_a_trainer_supplies():
+    """The copo loss's registry entry says what it takes beyond advantages: the answer field, an
+    inputs hook (copo_terms) and the estimator whose hyperparameters that hook takes."""
+    from grouprl.losses import LOSSES
+    from grouprl.losses.copo import copo_loss_inputs
+
+    info = LOSSES["copo"]
+    assert info.needs == ("answer",) and info.inputs is copo_loss_inputs and info.inputs_hparams_from == "copo"
+    assert all(LOSSES[n].inputs is None and LOSSES[n].needs == () for n in LOSSES if n != "copo")
+    batch = Rollouts(rewards=[1.0, 0.0, 1.0, 1.0], group=[0, 0, 1, 1], mask=torch.ones(4, 2, dtype=torch.bool),
+                     answer=torch.tensor([1, 2, 1, 1]))
+    got = copo_loss_inputs(batch)
+    t = copo_terms(batch)
+    assert torch.equal(got.advantages, (t.local.float().unsqueeze(1) * batch.mask).float())
+    rows = torch.tensor([2, 0])
+    kw = got.for_rows(rows)
+    assert torch.equal(kw["global_advantages"], t.global_.float()[rows])
+    assert torch.equal(kw["blend_weight"], t.weight.float()[rows]) and kw["global_loss_coef"] == t.global_coef
+    assert got.metrics == {"copo/blend_weight": float(t.weight.mean()), "copo/answer_entropy": float(t.entropy.mean())}

@@ -5,14 +5,15 @@ arXiv:2508.04138: the registered loss ``copo``. The advantages and the weight co
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._common import LOG_RATIO_CLAMP, clipped_surrogate, log_ratio, resolve_eps
-from .registry import register_loss
+from .registry import LossInputs, register_loss
 
-__all__ = ["copo_loss"]
+__all__ = ["copo_loss", "copo_loss_inputs"]
 
 
 def _per_token(x, like: Tensor, mask: Tensor, name: str) -> Tensor:
@@ -31,8 +32,28 @@ def _per_token(x, like: Tensor, mask: Tensor, name: str) -> Tensor:
     return t
 
 
+def copo_loss_inputs(batch: Any, **hparams: Any) -> LossInputs:
+    """The step's inputs of the ``copo`` loss from ``grouprl.advantages.copo.copo_terms`` (answer
+    ids in ``batch.answer``; ``hparams``: mode, k, b, ... of the ``copo`` estimator): the local
+    advantages as ``advantages``, the global advantages and blend weight per row, the global
+    coefficient, and the mean blend weight and answer entropy to log."""
+    from ..advantages.copo import copo_terms
+
+    t = copo_terms(batch, **hparams)
+    local = (t.local.to(torch.float32).unsqueeze(1) * batch.mask).to(torch.float32)  # (B, T)
+    return LossInputs(
+        advantages=local,
+        row_kwargs={"global_advantages": t.global_.to(torch.float32), "blend_weight": t.weight.to(torch.float32)},
+        kwargs={"global_loss_coef": t.global_coef},
+        metrics={"copo/blend_weight": float(t.weight.mean()), "copo/answer_entropy": float(t.entropy.mean())},
+    )
+
+
 @register_loss(
     "copo",
+    needs=("answer",),
+    inputs=copo_loss_inputs,
+    inputs_hparams_from="copo",
     paper="COPO: Consistency-Aware Policy Optimization, arXiv:2508.04138",
     example={
         # ρ = 1: ℓ = −[(1 − w)·A^glob + w·A^loc]; prompts A and C of the spec's batch (k = 5, b = 1)

@@ -38,8 +38,25 @@ STANDARD_METRICS = ("clipfrac", "clipfrac_low", "clipfrac_high")
 
 
 @dataclass(frozen=True)
+class LossInputs:
+    """What a loss that takes more than ``advantages`` gets once per step from its ``inputs`` hook:
+    the (B, T) advantages to pass as ``advantages``, per-row tensors (indexed by each micro-batch's
+    rows), scalar keywords, and scalars a trainer should log."""
+
+    advantages: Tensor
+    row_kwargs: dict[str, Tensor] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def for_rows(self, rows: Tensor) -> dict[str, Any]:
+        """The loss keywords of the micro-batch ``rows``."""
+        return {**{k: v[rows] for k, v in self.row_kwargs.items()}, **self.kwargs}
+
+
+@dataclass(frozen=True)
 class LossInfo:
-    """A registered policy loss: the function and its metadata."""
+    """A registered policy loss: the function and its metadata (``register_loss`` documents the
+    declarations ``needs``, ``inputs`` and ``inputs_hparams_from``)."""
 
     name: str
     fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -48,6 +65,9 @@ class LossInfo:
     agg: str | None
     example: dict[str, Any] | None
     defaults: dict[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    inputs: Callable[..., LossInputs] | None = None
+    inputs_hparams_from: str | None = None
 
     @property
     def doc(self) -> str:
@@ -79,8 +99,17 @@ def register_loss(
     level: str = "token",
     agg: str | None = None,
     example: dict[str, Any] | None = None,
+    needs: tuple[str, ...] = (),
+    inputs: Callable[..., LossInputs] | None = None,
+    inputs_hparams_from: str | None = None,
 ):
     """Register ``fn`` as the policy loss ``name``.
+
+    Declarations a trainer reads instead of the loss's name: ``needs``, batch fields the trainer
+    must fill before the step (e.g. ``answer``); ``inputs(batch, **hparams) -> LossInputs``, a
+    once-per-step hook whose advantages replace the estimator's and whose keywords go to the loss;
+    ``inputs_hparams_from``, the estimator whose ``estimator_kwargs`` the hook takes when the
+    config's estimator expression uses it (else the hook's defaults).
 
     ``level``: ``"token"`` (fn returns a (B, T) loss) or ``"sequence"`` (a (B,) loss, aggregated
     as a mean over the valid rows whatever ``agg`` says). ``agg``: the loss's own aggregation mode,
@@ -95,7 +124,8 @@ def register_loss(
         check_agg(agg)
 
     def deco(fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]):
-        LOSSES.add(name, LossInfo(name, fn, paper, level, agg, example, _keyword_defaults(fn)))
+        LOSSES.add(name, LossInfo(name, fn, paper, level, agg, example, _keyword_defaults(fn), tuple(needs), inputs,
+                                  inputs_hparams_from))
         return fn
 
     return deco

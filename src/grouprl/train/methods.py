@@ -14,11 +14,12 @@ What each method gets:
 
 * ``canon_cosine`` / ``canon_cosine_r`` (any estimator whose hyperparameters include ``step``):
   the 0-based global ``step`` and, unless set in ``estimator_kwargs``, ``total_steps=cfg.steps``.
-* COPO (``loss="copo"``): answer ids from ``task.extract`` of each response (COPO's pluggable
-  answer extraction), ``copo_terms`` once per step with the ``estimator_kwargs`` of the ``copo``
-  estimator (mode, k, b, ...), local advantages to the loss and the global advantages / blend
-  weight per micro-batch. With ``estimator=copo`` and another loss the registered ``copo``
-  estimator's blended advantage is used (answer ids are still filled in).
+* A loss or estimator that declares the batch field ``answer`` (COPO) gets answer ids from
+  ``task.extract`` of each response (COPO's pluggable answer extraction). A loss with an
+  ``inputs`` hook (COPO's: ``copo_terms`` once per step, with the ``estimator_kwargs`` of the
+  ``copo`` estimator when the expression uses it) trains on the hook's advantages and gets its
+  per-row keywords per micro-batch (COPO: global advantages, blend weight). With
+  ``estimator=copo`` and another loss the registered ``copo`` estimator's blended advantage is used.
 * Confucius3-Math TER (``ter=true``): a stateful ``TargetedEntropyRegularizer`` (``ter_kwargs``:
   target, coef), updated once per step on the whole batch's entropies, checkpointed; its signed
   coefficient is added to ``entropy_coef``.
@@ -51,6 +52,7 @@ from torch import Tensor
 from ..advantages import compute_advantages
 from ..advantages.registry import ESTIMATORS
 from ..core import Rollouts
+from ..losses import LOSSES
 
 from .estimator_setup import check_method_config, estimator_hparams, load_reward_models
 
@@ -127,8 +129,13 @@ class MethodHooks:
         self.views = [(info.name, info.reward_view, kw) for _w, info, kw in terms if info.reward_view is not None]
         self.view_sets_rewards = len(terms) == 1 and bool(self.views)
         self._view_metrics: dict[str, float] = {}
-        self.copo_loss = cfg.loss == "copo"
-        self._copo = None
+        # what the loss declares (grouprl.losses.register_loss): fields to fill, a per-step inputs hook
+        loss = LOSSES[cfg.loss]
+        self.fill_answer = "answer" in registry.parse(cfg.estimator).needs or "answer" in loss.needs
+        self.loss_inputs = loss.inputs
+        src = next((info for _w, info, _k in terms if info.name == loss.inputs_hparams_from), None)
+        self.inputs_hparams = set(src.defaults) if src is not None else set()
+        self._inputs = None  # this step's LossInputs
         self._ter_entropy: float | None = None
 
     # ------------------------------------------------------------------ batch
@@ -143,7 +150,7 @@ class MethodHooks:
             batch = shape_overlong(batch, max_length=cfg.max_new_tokens, cache_length=cfg.overlong_buffer,
                                    factor=cfg.overlong_factor)
             shaping = batch.rewards - before
-        if cfg.estimator == "copo" or self.copo_loss:
+        if self.fill_answer:
             from ..rewards.copo import answer_ids
 
             batch = batch.replace(answer=answer_ids(list(texts), extractor=self.task.extract).to(batch.device))
@@ -168,21 +175,18 @@ class MethodHooks:
         return batch
 
     def advantages(self, batch: Rollouts, step: int) -> Tensor:
-        """(B, T) advantages; schedules get ``step``/``total_steps``; COPO's loss gets the local ones."""
+        """(B, T) advantages; schedules get ``step``/``total_steps``; a loss with an ``inputs`` hook
+        (COPO: the local advantages) gets its own."""
         cfg = self.cfg
         kw = dict(self.est_kwargs)
         if estimator_takes(cfg.estimator, "step"):
             kw.setdefault("step", step)
             if estimator_takes(cfg.estimator, "total_steps"):
                 kw.setdefault("total_steps", cfg.steps)
-        if not self.copo_loss:
+        if self.loss_inputs is None:
             return compute_advantages(cfg.estimator, batch, **kw)
-        from ..advantages.copo import copo_terms
-
-        copo_kw = kw if cfg.estimator == "copo" else {}
-        self._copo = copo_terms(batch, **copo_kw)
-        local = self._copo.local.to(torch.float32)
-        return (local.unsqueeze(1) * batch.mask).to(torch.float32)
+        self._inputs = self.loss_inputs(batch, **{k: v for k, v in kw.items() if k in self.inputs_hparams})
+        return self._inputs.advantages
 
     # ------------------------------------------------------------------ update
     @property
@@ -201,12 +205,8 @@ class MethodHooks:
         return base + (self.ter.entropy_coef if self.ter is not None else 0.0)
 
     def loss_kwargs(self, rows: Tensor) -> dict[str, Any]:
-        """Extra ``policy_loss`` keywords for the micro-batch ``rows`` (COPO's global terms)."""
-        if self._copo is None:
-            return {}
-        t = self._copo
-        return {"global_advantages": t.global_[rows].to(torch.float32),
-                "blend_weight": t.weight[rows].to(torch.float32), "global_loss_coef": t.global_coef}
+        """Extra ``policy_loss`` keywords for the micro-batch ``rows`` (the loss's declared inputs)."""
+        return {} if self._inputs is None else self._inputs.for_rows(rows)
 
     # ------------------------------------------------------------------ log and checkpoint
     def metrics(self) -> dict[str, float]:
@@ -215,9 +215,8 @@ class MethodHooks:
             out["ter/coef"] = float(self.ter.signed_coef)
             if self._ter_entropy is not None:
                 out["ter/entropy"] = float(self._ter_entropy)
-        if self._copo is not None:
-            out["copo/blend_weight"] = float(self._copo.weight.mean())
-            out["copo/answer_entropy"] = float(self._copo.entropy.mean())
+        if self._inputs is not None:
+            out.update(self._inputs.metrics)
         out.update(self._view_metrics)
         return out
 
