@@ -11,7 +11,7 @@ from grouprl.envs import get_env
 from grouprl.train.agent_sft import EXPERTS, expert_turns
 from grouprl.train.config import build_config
 from grouprl.train.logging import read_jsonl
-from grouprl.train.loop import resume_config, train
+from grouprl.train import resume_config, train
 
 BASE = dict(env="gridworld", model="1M", sft_steps=0, prompts_per_step=2, group_size=2, max_turns=3, history_len=1,
             instruction="Reach G.", max_new_tokens=3, eval_size=2, threads=1, progress=False, tensorboard=False,

@@ -98,7 +98,7 @@ def run_cell(config: dict[str, Any], run_dir: str, warm_root: str) -> dict[str, 
     import torch
 
     from ..train.config import build_config
-    from ..train.loop import train
+    from ..train import train
 
     t0 = time.perf_counter()
     warm_s = 0.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, build_config, load_config, parse_overrides
-from .loop import resume_config, train
+from .rundir import resume_config
+from .run import train
 from .sampler import UniformSampler, get_sampler
 from .sft import sft
 

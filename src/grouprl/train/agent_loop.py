@@ -45,7 +45,8 @@ from .data import step_generator
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, trainable_parameters
 from .._osutil import write_text_atomic
 from .logging import JsonlWriter, TensorBoard, truncate_after
-from .loop import _forward_logprobs, _is_preset, _Progress, _summary, prepare_run_dir, begin_step, update_policy
+from .loop import _forward_logprobs, _is_preset, _Progress, _summary, begin_step, update_policy
+from .rundir import prepare_run_dir
 
 __all__ = ["train_agent", "agent_batch_to_rollouts", "EVAL_SEED0", "SFT_SEED0"]
 

@@ -23,7 +23,6 @@ Pair each with its estimator and loss in the config (examples/*.yaml): ``hapo`` 
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,7 +35,7 @@ from ..advantages.spo import (PROB_THRESHOLD, check_tree_adv_method, spo_prob_ma
                              spo_tree_advantages)
 from ..advantages.registry import ESTIMATORS, TRAITS
 from ..advantages.registry import parse as parse_estimator
-from ..core import Registry, Rollouts, suggest
+from ..core import Registry, Rollouts
 from ..losses import normalizers, value_loss
 from ..rollout import Generation
 from ..rollout.hapo_temperature import AdaptiveTemperature

@@ -23,22 +23,16 @@ run killed at any moment and resumed writes the same metrics as an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import copy
 import json
 import math
-import os
-import shutil
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from .._osutil import LockHeld, disk_full_message, exclusive_lock, is_disk_full, release_lock, remove_stale_temps, write_text_atomic
+from .._osutil import write_text_atomic
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
 from .. import warmstarts
@@ -47,133 +41,21 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rn
                          set_rng_state)
 from .credit import CreditContext, make_credit
 from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
-from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
+from .config import ConfigError, TrainConfig
 from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, evenly_spaced, step_generator
 from .logging import JsonlWriter, TensorBoard, environment_versions, read_jsonl, truncate_after
 from .methods import MethodHooks, reward_component_fns, sequence_kl
 from .reports import format_group_table, group_report, ranking_report, sampler_calibration
 from .sampler import get_sampler, load_sampler_state, sampler_state
+from .reward_fns import load_reward_fn
+from .rundir import current_run, prepare_run_dir
 from .sft import lr_at, sft, sft_kwargs, sft_progress, sft_summary
 
-__all__ = ["train", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source", "RewardFunctionError"]
+__all__ = ["train_task", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source", "RewardFunctionError"]
 
 
 class RewardFunctionError(ConfigError):
     """The reward function failed on every row for ``max_failed_reward_steps`` consecutive steps."""
-
-
-# ---------------------------------------------------------------------------- the run directory
-class _Run:
-    """What :func:`train` holds for the run being set up: its directory, whether this call created
-    it, and the descriptor of its exclusive lock (``RUN_DIR/.lock``, held until train returns)."""
-
-    def __init__(self) -> None:
-        self.run_dir: Path | None = None
-        self.fresh = False
-        self.lock: int | None = None
-        self.guards: list[Any] = []  # reward guards to stop (their worker processes) when train ends, however
-
-    def failed(self) -> None:
-        """After an error: remove a run dir this call created that holds no RL step and no SFT
-        result yet, so the same ``name=`` can be retried at once (nothing in it is worth keeping)."""
-        d = self.run_dir
-        if d is None or not self.fresh or (d / "sft").exists() or any((d / "checkpoints").glob("step_*")):
-            return
-        if (d / "metrics.jsonl").is_file() and (d / "metrics.jsonl").stat().st_size > 0:
-            return
-        shutil.rmtree(d, ignore_errors=True)
-
-    def close(self) -> None:
-        for guard in self.guards:
-            guard.close()
-        release_lock(self.lock)
-        self.lock = None
-
-
-_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("grouprl_run", default=None)
-_UNOWNED_LOCKS: list[int] = []  # locks of prepare_run_dir calls made outside train() (held for the process's life)
-
-
-def _lock_run_dir(run_dir: Path) -> None:
-    """Take ``run_dir``'s exclusive lock (another live process on it is refused, naming its pid),
-    then remove the temporary files and directories killed writers left there."""
-    try:
-        fd = exclusive_lock(run_dir / ".lock")
-    except LockHeld as held:
-        raise ConfigError(
-            f"run directory {run_dir} is in use by another grouprl process (pid {held.pid or 'unknown'}); "
-            f"wait for it to finish (or stop it), then continue with `grouprl train --resume {run_dir}`."
-        ) from None
-    run = _RUN.get()
-    if run is not None:
-        run.run_dir, run.lock = run_dir, fd
-    else:
-        _UNOWNED_LOCKS.append(fd)
-    # .config.yaml.tmp-*, .summary.json.tmp-*, .sft.tmp-*, checkpoints/.tmp-step_*, checkpoints/.latest.tmp-*
-    remove_stale_temps(run_dir)
-    remove_stale_temps(run_dir / "checkpoints")
-
-
-def _read_saved_config(saved: Path) -> dict[str, Any]:
-    """A run's config.yaml as a dict; an empty or unreadable file is a ConfigError (never a default config)."""
-    try:
-        values = yaml.safe_load(saved.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{saved} is unreadable ({exc}); restore it, or start a new run.") from None
-    if not isinstance(values, dict) or not values:
-        raise ConfigError(
-            f"{saved} is {'empty' if not values else 'not a mapping of key: value'}: the run's config was not "
-            "written completely (a kill while the run was being created). Start the run again under a new name, "
-            f"or delete {saved.parent} and run the same command again."
-        )
-    return values
-
-
-def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, TrainConfig]:
-    """Create (or reopen, for a resume) the run directory and take its lock; returns it and the
-    effective config. config.yaml is written atomically (temp + fsync + rename)."""
-    if resume is not None:
-        run_dir = Path(resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
-        _lock_run_dir(run_dir)
-        return run_dir, cfg
-    name = cfg.name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.out_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _lock_run_dir(run_dir)  # before the check: two runs started at once with one name= cannot both pass it
-    if (run_dir / "config.yaml").exists():
-        try:
-            old = _read_saved_config(run_dir / "config.yaml")
-        except ConfigError:
-            old = None
-        raise ConfigError(
-            f"run directory {run_dir} already holds a run"
-            + (" with a different config" if old != cfg.model_dump() else "")
-            + f"; continue it with `grouprl train --resume {run_dir}` or choose another name=..."
-        )
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    run = _RUN.get()
-    if run is not None:
-        run.fresh = True
-    return run_dir, cfg
-
-
-def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The saved config of ``run_dir`` with ``overrides`` of the fields a resume may change."""
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
-    values = _read_saved_config(saved)
-    bad = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
-    if bad:
-        raise ConfigError(
-            f"--resume: cannot change {', '.join(bad)} of an existing run (it would change the trajectory); "
-            f"only {', '.join(sorted(RESUMABLE_FIELDS))} may be overridden. Start a new run instead."
-        )
-    values.update(overrides)
-    return build_config(values)
 
 
 _SFT_FIELDS = tuple(f for f in TrainConfig.model_fields if f.startswith("sft_"))
@@ -269,32 +151,6 @@ def load_task(cfg: TrainConfig) -> Any:
         raise ConfigError(f"task_kwargs {cfg.task_kwargs} do not fit task {cfg.task!r}: {exc}") from None
 
 
-def load_reward_fn(spec: str):
-    """Import ``'package.module:function'`` (a verifier ``fn(example, completion) -> float``).
-
-    The module is looked up on ``sys.path`` and then in the current directory (as ``python -m`` and
-    ``python script.py`` find a module beside them; the ``grouprl`` console script does not put the
-    current directory on the path). The current directory is appended, not prepended, so a file
-    there cannot shadow an installed package. Importing runs the module's code: a config that names
-    a reward function is as trusted as code (docs/reliability.md)."""
-    import importlib
-
-    mod_name, _, fn_name = spec.partition(":")
-    if not mod_name or not fn_name:
-        raise ConfigError(f"reward_fn: {spec!r} is not 'module:function'")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-        importlib.invalidate_caches()
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"reward_fn: cannot import {spec!r} ({exc})") from None
-    if not callable(fn):
-        raise ConfigError(f"reward_fn: {spec!r} is not callable")
-    return fn
-
-
 def make_guard(cfg: TrainConfig, task: Any):
     """The RewardGuard around the verifier: ``reward_fn`` if given (untrusted: a worker process with
     a timeout), else the task's own scorer (in-process when the task says it is trusted)."""
@@ -306,7 +162,7 @@ def make_guard(cfg: TrainConfig, task: Any):
     else:
         guard = RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
                             trusted=bool(getattr(task, "trusted", False)))
-    run = _RUN.get()
+    run = current_run()
     if run is not None:  # inside train(): its worker stops when train returns or fails
         run.guards.append(guard)
     return guard
@@ -465,33 +321,9 @@ def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConf
 
 
 # ---------------------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
-    """Run (or resume) RL training as configured; returns the summary (also in summary.json).
-
-    The run directory is locked for the whole call (a second process on it is refused, naming this
-    one's pid). A run that fails before its first RL step and before its SFT result is saved leaves
-    no directory behind (the same ``name=`` can be retried at once). A full disk is a
-    ``CheckpointError`` "no space left on device: ... in DIR", not a traceback.
-    """
-    run = _Run()
-    token = _RUN.set(run)
-    try:
-        return _train(cfg, resume=resume, console=console)
-    except Exception as exc:  # (not Ctrl-C: an interrupted run stays resumable)
-        run.failed()
-        if is_disk_full(exc):
-            where = Path(exc.filename).parent if getattr(exc, "filename", None) else run.run_dir or cfg.out_dir
-            raise CheckpointError(disk_full_message(None, where)) from None
-        raise
-    finally:
-        _RUN.reset(token)
-        run.close()
-
-
-def _train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
-    if cfg.env is not None:  # multi-turn agents in a text environment
-        from .agent_loop import train_agent
-        return train_agent(cfg, resume=resume, console=console)
+def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
+    """RL on a task (prompts -> responses -> verifier), as configured; the entry point that also
+    sets up the run's lock and clean-up is :func:`grouprl.train.run.train`."""
     from ..losses import normalizers
 
     torch.set_num_threads(cfg.threads)

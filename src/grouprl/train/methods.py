@@ -77,7 +77,7 @@ def reward_component_fns(cfg: Any, task: Any, task_guard: Any) -> list[Callable[
     ``cfg.reward_components``: ``'task'`` reuses the run's verifier guard, ``'module:function'`` gets
     its own guard (a worker with a timeout, failures scored ``failure_reward``)."""
     from ..tasks import RewardGuard
-    from .loop import load_reward_fn
+    from .reward_fns import load_reward_fn
 
     if cfg.reward_models:
         models = load_reward_models(cfg)
