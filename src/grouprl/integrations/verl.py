@@ -219,6 +219,7 @@ def rollouts_from_verl(
     index: Any = None,
     *,
     needs: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
     reward_baselines: Tensor | None = None,
     data: Any = None,
     fields: Mapping[str, str] | None = None,
@@ -231,7 +232,8 @@ def rollouts_from_verl(
     Fields in ``needs`` beyond those, and every field named in ``fields`` (optional inputs an
     estimator reads when present), are copied from ``data`` (a DataProto: its ``batch`` or
     ``non_tensor_batch``), under the key ``fields[name]``, ``DEFAULT_FIELD_KEYS[name]`` or ``name``;
-    names that are not ``Rollouts`` fields go to ``extras``.
+    names that are not ``Rollouts`` fields go to ``extras``. Fields in ``optional`` (read when
+    present, ``EstimatorInfo.optional``) are copied when ``data`` has them under that key.
     """
     if token_level_rewards.dim() != 2:
         raise ValueError(
@@ -251,11 +253,14 @@ def rollouts_from_verl(
     fields = dict(fields or {})
     # the declared needs, plus optional fields the user mapped explicitly (e.g. CANON's metric)
     wanted = list(needs) + [f for f in fields if f not in needs]
+    wanted += [f for f in optional if f not in wanted]
     for need in wanted:
         if need in kw or need in ("rewards", "group", "mask"):
             continue
         key = fields.get(need) or DEFAULT_FIELD_KEYS.get(need) or need
         value = _lookup(data, key)
+        if value is None and need in optional and need not in needs and need not in fields:
+            continue  # read when present
         if value is None:
             where = (
                 "verl's dispatcher passes only token_level_rewards, response_mask, index and "
@@ -320,6 +325,7 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
             response_mask,
             index,
             needs=needs,
+            optional=est.optional,
             reward_baselines=reward_baselines,
             data=grouprl_data,
             fields=fields,
