@@ -42,7 +42,8 @@ only, the whole ``DataProto`` is handed over and the needed fields are copied fr
 function unchanged. Default keys: ``values`` → values, ``old_log_probs`` → old_logprobs,
 ``ref_log_prob`` → ref_logprobs, ``entropys`` → entropy; any other need is looked up under its own
 name or under the key given in ``algorithm.grouprl.fields`` (a field named there is copied even if
-the estimator only reads it optionally).
+the estimator only reads it optionally); a field the estimator declares ``optional`` is copied when
+the DataProto has it under its key.
 
 Policy losses are registered with ``register_policy_loss`` as ``<prefix><name>`` and called with
 verl's signature ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
@@ -52,6 +53,14 @@ times ``dp_size``) so the objective matches verl's aggregation modes; metrics be
 here, at the boundary (grouprl keeps them as tensors). Loss hyperparameters come from the actor
 fields that verl's counterpart of the loss reads (``VERL_ACTOR_FIELDS``) and from the JSON in
 ``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys).
+
+A loss that declares an ``inputs`` hook (``LossInfo.inputs``, with its ``needs``; COPO) also takes
+the keyword ``grouprl_data``: the DataProto (or TensorDict / mapping) of the same rows, holding
+``token_level_rewards``, ``uid`` and the declared fields (e.g. ``non_tensor_batch["answer"]``). The
+adapter runs the hook on them and, as grouprl's trainer does, passes its advantages and per-row
+keywords to the loss (``loss_inputs_from_verl``). Without it, the loss raises an error that names
+the declared fields and the DataProto keys to add. verl 0.9.1's ``ppo_loss`` does not pass a
+DataProto to the loss, and this module installs no wrapper for it.
 """
 
 from __future__ import annotations
