@@ -63,6 +63,7 @@ def _unique_value_norm(x: Tensor, player: Tensor, mode: str, include_zero: bool)
 @estimator(
     "mars",
     needs=("group", "mask", "trajectory", "step", "step_rewards"),
+    optional=("agent", "role"),  # the player id: ``agent``, or ``role`` with by="role"
     paper="MARS: Reinforcing Multi-Agent Reasoning of LLMs through Self-Play in Strategic Games, arXiv:2510.15414",
     level="step",
     example={

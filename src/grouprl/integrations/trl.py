@@ -42,7 +42,7 @@ from ..core import Rollouts
 
 from trl import GRPOTrainer  # noqa: E402  (this module is the TRL adapter)
 
-__all__ = ["GroupRLGRPOTrainer", "resolve_estimator"]
+__all__ = ["GroupRLGRPOTrainer", "resolve_estimator", "check_declarations", "TRL_SUPPLIES"]
 
 GROUP_BY = ("block", "prompt")
 # Keyword arguments TRL's log-prob helper takes from the batch (multimodal models).
@@ -71,6 +71,36 @@ def resolve_estimator(estimator: str | Estimator, hparams: dict[str, Any] | None
     if not isinstance(estimator, str):
         raise TypeError(f"estimator must be a name, an expression or an Estimator, got {type(estimator).__name__}")
     return get_estimator(estimator, **hparams) if estimator in ESTIMATORS else parse_estimator(estimator, **hparams)
+
+
+# The batch fields this adapter builds for an estimator (from TRL's rewards, completion masks and
+# prompts) and the loss inputs it passes; a method that declares anything else is refused.
+TRL_SUPPLIES: tuple[str, ...] = ("rewards", "group", "mask", "reward_components")
+
+
+def check_declarations(est: Estimator, loss: str | None = None) -> None:
+    """Refuse, before the model is built, an estimator or loss whose registry declarations ask for
+    inputs this adapter cannot supply (``EstimatorInfo.needs``, ``LossInfo.needs`` / ``inputs``)."""
+    for _, info, _ in est.terms:
+        missing = [f for f in info.needs if f not in TRL_SUPPLIES]
+        if missing:
+            raise ValueError(
+                f"GroupRLGRPOTrainer: estimator {info.name!r} needs the batch field(s) "
+                f"{', '.join(map(repr, missing))}, which the TRL adapter cannot supply (it builds "
+                f"{', '.join(TRL_SUPPLIES)} from TRL's rewards, masks and prompts); use grouprl's own trainer "
+                "(grouprl train) or the verl plug-in for this estimator."
+            )
+    if loss is None:
+        return
+    from ..losses import LOSSES
+
+    linfo = LOSSES[loss]  # unknown name -> error with suggestions
+    if linfo.needs or linfo.inputs is not None:
+        what = f"the batch field(s) {', '.join(map(repr, linfo.needs))}" if linfo.needs else "per-step inputs"
+        raise ValueError(
+            f"GroupRLGRPOTrainer: policy loss {loss!r} needs {what} (its declared inputs hook), which the TRL "
+            "adapter cannot supply; use grouprl's own trainer (grouprl train) or the verl plug-in for this loss."
+        )
 
 
 class GroupRLGRPOTrainer(GRPOTrainer):
@@ -102,6 +132,7 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         if group_by not in GROUP_BY:
             raise ValueError(f"group_by={group_by!r}; choose one of {GROUP_BY}.")
         self.grouprl_estimator = resolve_estimator(estimator, estimator_hparams)
+        check_declarations(self.grouprl_estimator, loss)
         self.grouprl_group_by = group_by
         self.grouprl_loss = loss
         self.grouprl_loss_hparams = dict(loss_hparams or {})

@@ -42,7 +42,8 @@ only, the whole ``DataProto`` is handed over and the needed fields are copied fr
 function unchanged. Default keys: ``values`` → values, ``old_log_probs`` → old_logprobs,
 ``ref_log_prob`` → ref_logprobs, ``entropys`` → entropy; any other need is looked up under its own
 name or under the key given in ``algorithm.grouprl.fields`` (a field named there is copied even if
-the estimator only reads it optionally).
+the estimator only reads it optionally); a field the estimator declares ``optional`` is copied when
+the DataProto has it under its key.
 
 Policy losses are registered with ``register_policy_loss`` as ``<prefix><name>`` and called with
 verl's signature ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
@@ -52,6 +53,14 @@ times ``dp_size``) so the objective matches verl's aggregation modes; metrics be
 here, at the boundary (grouprl keeps them as tensors). Loss hyperparameters come from the actor
 fields that verl's counterpart of the loss reads (``VERL_ACTOR_FIELDS``) and from the JSON in
 ``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys).
+
+A loss that declares an ``inputs`` hook (``LossInfo.inputs``, with its ``needs``; COPO) also takes
+the keyword ``grouprl_data``: the DataProto (or TensorDict / mapping) of the same rows, holding
+``token_level_rewards``, ``uid`` and the declared fields (e.g. ``non_tensor_batch["answer"]``). The
+adapter runs the hook on them and, as grouprl's trainer does, passes its advantages and per-row
+keywords to the loss (``loss_inputs_from_verl``). Without it, the loss raises an error that names
+the declared fields and the DataProto keys to add. verl 0.9.1's ``ppo_loss`` does not pass a
+DataProto to the loss, and this module installs no wrapper for it.
 """
 
 from __future__ import annotations
@@ -85,6 +94,7 @@ __all__ = [
     "make_policy_loss",
     "rollouts_from_verl",
     "install_field_passthrough",
+    "loss_inputs_from_verl",
     "DEFAULT_FIELD_KEYS",
 ]
 
@@ -203,6 +213,8 @@ def _lookup(data: Any, key: str) -> Any:
     """``key`` from a DataProto's ``batch`` (tensors) or ``non_tensor_batch`` (numpy), else None."""
     if data is None:
         return None
+    if not hasattr(data, "batch") and hasattr(data, "keys"):  # a TensorDict or a plain mapping
+        return data[key] if key in data.keys() else None
     batch = getattr(data, "batch", None)
     if batch is not None and key in batch.keys():
         return batch[key]
@@ -216,6 +228,7 @@ def rollouts_from_verl(
     index: Any = None,
     *,
     needs: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
     reward_baselines: Tensor | None = None,
     data: Any = None,
     fields: Mapping[str, str] | None = None,
@@ -228,7 +241,8 @@ def rollouts_from_verl(
     Fields in ``needs`` beyond those, and every field named in ``fields`` (optional inputs an
     estimator reads when present), are copied from ``data`` (a DataProto: its ``batch`` or
     ``non_tensor_batch``), under the key ``fields[name]``, ``DEFAULT_FIELD_KEYS[name]`` or ``name``;
-    names that are not ``Rollouts`` fields go to ``extras``.
+    names that are not ``Rollouts`` fields go to ``extras``. Fields in ``optional`` (read when
+    present, ``EstimatorInfo.optional``) are copied when ``data`` has them under that key.
     """
     if token_level_rewards.dim() != 2:
         raise ValueError(
@@ -248,11 +262,14 @@ def rollouts_from_verl(
     fields = dict(fields or {})
     # the declared needs, plus optional fields the user mapped explicitly (e.g. CANON's metric)
     wanted = list(needs) + [f for f in fields if f not in needs]
+    wanted += [f for f in optional if f not in wanted]
     for need in wanted:
         if need in kw or need in ("rewards", "group", "mask"):
             continue
         key = fields.get(need) or DEFAULT_FIELD_KEYS.get(need) or need
         value = _lookup(data, key)
+        if value is None and need in optional and need not in needs and need not in fields:
+            continue  # read when present
         if value is None:
             where = (
                 "verl's dispatcher passes only token_level_rewards, response_mask, index and "
@@ -317,6 +334,7 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
             response_mask,
             index,
             needs=needs,
+            optional=est.optional,
             reward_baselines=reward_baselines,
             data=grouprl_data,
             fields=fields,
@@ -423,7 +441,45 @@ def _actor_hparams(name: str, config: Any, accepted: Mapping[str, Any]) -> dict[
     return out
 
 
-def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Tensor, dict[str, float]]]:
+def loss_inputs_from_verl(name: str, response_mask: Tensor, data: Any, *, hparams: Mapping[str, Any] | None = None,
+                          who: str | None = None) -> Any:
+    """The ``LossInputs`` of loss ``name``'s declared ``inputs`` hook, for the rows of ``data``.
+
+    ``data`` (a DataProto, a TensorDict or a mapping) must hold verl's ``token_level_rewards``
+    (B, T) and ``uid`` (the prompt uid per row) and every field the loss declares in ``needs``
+    (``LossInfo.needs``, e.g. ``answer``), under its own name in ``batch`` or
+    ``non_tensor_batch``. The hook sees whole groups only if ``data`` holds them: pass the step's
+    batch (or micro-batches of whole groups). ``hparams`` go to the hook (else its defaults).
+    """
+    from ..losses import LOSSES
+
+    info = LOSSES[name]
+    who = who or f"{PREFIX}{name}"
+    needs = ("token_level_rewards", "uid", *info.needs)
+    if data is None:
+        raise ValueError(
+            f"{who} needs the DataProto field(s) {', '.join(map(repr, needs))}: verl's actor calls a policy loss "
+            "with old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config and rollout_is_weights "
+            "only; call the loss with grouprl_data=<the DataProto of these rows>, and add "
+            + ", ".join(f"non_tensor_batch[{f!r}]" for f in info.needs)
+            + " to it in the reward/rollout stage (the declared needs of the loss)."
+        )
+    for f in needs:
+        if _lookup(data, f) is None:
+            raise ValueError(
+                f"{who} needs the DataProto field {f!r}, which grouprl_data does not have: add it as "
+                f"non_tensor_batch[{f!r}] (or batch[{f!r}] for a tensor) in the reward/rollout stage, one value "
+                f"per row (the loss declares needs={info.needs})."
+            )
+    batch = rollouts_from_verl(
+        _lookup(data, "token_level_rewards"), response_mask, _lookup(data, "uid"), needs=info.needs, data=data, who=who
+    )
+    with torch.no_grad():
+        return info.inputs(batch, **dict(hparams or {}))
+
+
+def make_policy_loss(name: str, *, inputs_hparams: Mapping[str, Any] | None = None,
+                     **fixed_hparams: Any) -> Callable[..., tuple[Tensor, dict[str, float]]]:
     """A verl policy-loss function backed by grouprl's loss ``name``.
 
     Hyperparameters, later ones winning: the verl actor fields that verl's counterpart of the loss
@@ -434,7 +490,9 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
     (verl averages them over micro-batches), as Python floats: ``clipfrac`` → ``actor/pg_clipfrac``,
     ``ppo_kl`` → ``actor/ppo_kl``, the others under ``actor/grouprl/``.
     """
-    key = name if not fixed_hparams else f"{name}\0{json.dumps(fixed_hparams, sort_keys=True, default=str)}"
+    key = name if not (fixed_hparams or inputs_hparams) else (
+        f"{name}\0{json.dumps([fixed_hparams, inputs_hparams], sort_keys=True, default=str)}"
+    )
     if key in _LOSS_ADAPTERS:
         return _LOSS_ADAPTERS[key]
 
@@ -446,9 +504,26 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
         loss_agg_mode: str = "token-mean",
         config: Any = None,
         rollout_is_weights: Tensor | None = None,
+        *,
+        grouprl_data: Any = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        from ..losses import policy_loss
+        from ..losses import LOSSES, policy_loss
 
+        loss_info = LOSSES[name]
+        extra: dict[str, Any] = {}
+        hook_metrics: dict[str, float] = {}
+        if loss_info.inputs is not None:
+            # the loss's declared once-per-step inputs (as grouprl's trainer: they replace the advantages)
+            li = loss_inputs_from_verl(name, response_mask, grouprl_data, hparams=inputs_hparams,
+                                       who=f"{PREFIX}{name}")
+            advantages = li.advantages.to(device=log_prob.device)
+            extra = {**{k: v.to(log_prob.device) for k, v in li.row_kwargs.items()}, **li.kwargs}
+            hook_metrics = dict(li.metrics)
+        elif loss_info.needs:
+            raise ValueError(
+                f"{PREFIX}{name} declares needs={loss_info.needs} but no inputs hook; the verl plug-in "
+                "passes declared fields to a loss only through its inputs hook."
+            )
         accepted = _loss_defaults(name)
         hp = _actor_hparams(name, config, accepted)
         hp.update(_env_loss_hparams(name))
@@ -473,10 +548,12 @@ def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Ten
             norm_const=info.get("loss_scale_factor"),
             rollout_is_weights=rollout_is_weights,
             dp_size=int(info.get("dp_size") or 1),
+            **extra,
             **hp,
         )
         loss = loss * _global_rescale(name, loss_agg_mode, bool(hp.get("respect_agg")), response_mask, info)
         out = {_verl_metric_name(k): float(v.detach().item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
+        out.update({f"actor/grouprl/{k}": float(v) for k, v in hook_metrics.items()})
         return loss, out
 
     grouprl_policy_loss.__name__ = f"grouprl_{name.replace('.', '_')}_loss"
