@@ -65,14 +65,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_PARTS = ("estimator", "loss", "sampler", "credit")
+
+
 def expand_method(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with its ``method`` recipe expanded underneath: the recipe's fields first, then
-    every field of ``values`` over them (dicts merged key by key). No ``method`` (or ``None``):
+    every field of ``values`` over them (dicts merged key by key). A part the user names differently
+    (``sampler=uniform`` over DAPO's ``dapo_dynamic``) drops the recipe's ``*_kwargs`` of that part. No ``method`` (or ``None``):
     ``values`` unchanged. Expanding an already expanded dict gives the same dict."""
     name = values.get("method")
     if name is None:
         return values
-    return _merge(get_recipe(str(name)).expand(), values)
+    base = get_recipe(str(name)).expand()
+    for part in _PARTS:  # a part the user replaces takes none of the recipe's keywords for the old one
+        if part in values and values[part] != base.get(part, values[part]):
+            base.pop(f"{part}_kwargs", None)
+    return _merge(base, values)
 
 
 _GRPO = "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models, arXiv:2402.03300"
