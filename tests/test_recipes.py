@@ -111,3 +111,21 @@ def test_a_name_in_two_kinds_points_to_the_other():
     assert "sampler: 'dapo_dynamic'" in res.output  # the expanded config
     res = runner.invoke(app, ["explain", "sampler:dapo"], terminal_width=250)
     assert res.exit_code == 2 and "unknown method 'dapo'" in res.output
+
+
+def test_loss_presets_are_aliases_of_ppo_clip():
+    import torch
+
+    from grouprl.losses import LOSSES, policy_loss
+    from grouprl.losses.registry import register_preset
+
+    assert LOSSES["dapo_clip"].defaults == {**LOSSES["ppo_clip"].defaults, "eps_high": 0.28}
+    assert LOSSES["ngrpo_clip"].defaults == {**LOSSES["ppo_clip"].defaults, "eps_low": 0.16, "eps_high": 0.24}
+    g = torch.Generator().manual_seed(0)
+    lp, old, adv = (torch.randn(3, 5, generator=g) for _ in range(3))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    a, _ = policy_loss("dapo_clip", lp, old, adv, mask, eps_high=0.3)  # a keyword still overrides the preset
+    b, _ = policy_loss("ppo_clip", lp, old, adv, mask, eps_low=0.2, eps_high=0.3)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"'ppo_clip' has no keyword\(s\) \['eps_hi'\]"):
+        register_preset("bad_clip", "ppo_clip", paper="", doc="", eps_hi=0.3)
