@@ -129,3 +129,35 @@ def test_loss_presets_are_aliases_of_ppo_clip():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"'ppo_clip' has no keyword\(s\) \['eps_hi'\]"):
         register_preset("bad_clip", "ppo_clip", paper="", doc="", eps_hi=0.3)
+
+
+TASK_RECIPES = sorted(n for n in RECIPES if n != "gigpo")
+
+
+@pytest.mark.parametrize("name", TASK_RECIPES)
+def test_each_task_recipe_trains_two_steps(tmp_path, name):
+    import math
+
+    from test_train import tiny_overrides
+
+    from grouprl.train import train
+    from grouprl.train.logging import read_jsonl
+
+    cfg = build_config(tiny_overrides(tmp_path, name=name, method=name, steps=2, eval_every=0, save_every=2))
+    train(cfg)
+    rows = read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    saved = yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())
+    assert saved["method"] == name and saved["estimator"] == RECIPES[name].fields["estimator"]
+
+
+def test_gigpo_recipe_trains_an_agent_two_steps(tmp_path):
+    from test_agent_train import BASE
+
+    from grouprl.train.logging import read_jsonl
+    from grouprl.train.loop import train
+
+    train(build_config({**BASE, "out_dir": str(tmp_path), "name": "g", "method": "gigpo"}))
+    assert [r["step"] for r in read_jsonl(tmp_path / "g" / "metrics.jsonl")] == [1, 2]
+    assert "estimator: gigpo" in (tmp_path / "g" / "config.yaml").read_text()
