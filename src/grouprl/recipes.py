@@ -23,7 +23,7 @@ from typing import Any
 
 from .core import Registry
 
-__all__ = ["Recipe", "RECIPES", "register_recipe", "get_recipe", "expand_method"]
+__all__ = ["RECIPES", "Recipe", "expand_method", "get_recipe", "register_recipe"]
 
 
 @dataclass(frozen=True)
