@@ -31,7 +31,7 @@ from ..core import Registry, suggest
 from .aggregation import Number, _norm_const, aggregate, check_agg
 from .kl import kl_penalty
 
-__all__ = ["LossInfo", "LOSSES", "register_loss", "policy_loss", "token_losses", "example_inputs", "run_example"]
+__all__ = ["LossInfo", "LOSSES", "register_loss", "register_preset", "policy_loss", "token_losses", "example_inputs", "run_example"]
 
 LEVELS = ("token", "sequence")
 STANDARD_METRICS = ("clipfrac", "clipfrac_low", "clipfrac_high")
@@ -129,6 +129,36 @@ def register_loss(
         return fn
 
     return deco
+
+
+def register_preset(
+    name: str, of: str, *, paper: str, doc: str, example: dict[str, Any] | None = None, module: str | None = None,
+    **defaults: Any,
+) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    """Register ``name`` as the loss ``of`` with other keyword defaults: a registry alias, not a copy.
+
+    ``register_preset("dapo_clip", "ppo_clip", eps_low=0.2, eps_high=0.28, ...)`` is ``ppo_clip``
+    whose defaults are DAPO's; every keyword of ``of`` still overrides them, its level, batch
+    fields and aggregation are ``of``'s, and ``doc`` (one paragraph: what the preset fixes and why)
+    is what ``grouprl explain`` shows. Returns the callable that was registered."""
+    base = LOSSES[of]
+    sig = inspect.signature(base.fn)
+    unknown = sorted(set(defaults) - set(sig.parameters))
+    if unknown:
+        raise ValueError(f"register_preset({name!r}): {of!r} has no keyword(s) {unknown}; it takes {sorted(base.defaults)}")
+
+    def preset(*args: Any, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        return base.fn(*args, **{**defaults, **kwargs})
+
+    preset.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[p.replace(default=defaults[p.name]) if p.name in defaults else p for p in sig.parameters.values()]
+    )
+    preset.__name__ = preset.__qualname__ = name
+    preset.__doc__ = doc
+    preset.__module__ = module or preset.__module__
+    register_loss(name, paper=paper, level=base.level, agg=base.agg, example=example, needs=base.needs,
+                  inputs=base.inputs, inputs_hparams_from=base.inputs_hparams_from)(preset)
+    return preset
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ class TrainConfig(BaseModel):
     )
     sft_check_every: int = Field(100, ge=1, description="SFT steps between validation checks (sft_target_acc > 0)")
     sft_val_size: int = Field(200, ge=1, description="validation slice (the train pool's last examples, not trained on)")
+    # method recipe (grouprl.recipes): expanded at load, explicit fields override it one by one
+    method: str | None = Field(
+        None, description="a paper's method as data, e.g. dapo, ngrpo, confucius3, srpo, gigpo (grouprl list): its "
+        "estimator, loss, sampler, credit, shaping and hyperparameters; any field set explicitly overrides it"
+    )
     # rollout
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=1, description="G: responses sampled per prompt")
@@ -396,7 +401,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(values: dict[str, Any]) -> TrainConfig:
-    """Validate ``values``; unknown keys get close-match suggestions, bad values name the field."""
+    """Validate ``values``; unknown keys get close-match suggestions, bad values name the field.
+
+    ``method=NAME`` expands the recipe ``NAME`` (``grouprl.recipes``) under ``values`` first."""
+    from ..core import UnknownName
+    from ..recipes import expand_method
+
+    try:
+        values = expand_method(values)
+    except UnknownName as exc:
+        raise ConfigError(f"method: {exc}; `grouprl list` shows the recipes") from None
     fields = list(TrainConfig.model_fields)
     for key in values:
         if key not in TrainConfig.model_fields:
