@@ -156,7 +156,7 @@ def test_gigpo_recipe_trains_an_agent_two_steps(tmp_path):
     from test_agent_train import BASE
 
     from grouprl.train.logging import read_jsonl
-    from grouprl.train.loop import train
+    from grouprl.train import train
 
     train(build_config({**BASE, "out_dir": str(tmp_path), "name": "g", "method": "gigpo"}))
     assert [r["step"] for r in read_jsonl(tmp_path / "g" / "metrics.jsonl")] == [1, 2]
