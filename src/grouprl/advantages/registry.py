@@ -253,20 +253,21 @@ class Estimator:
         """The traits at least one term declares."""
         return frozenset().union(*(info.traits for _, info, _ in self.terms))
 
-    @property
-    def optional(self) -> tuple[str, ...]:
-        """The batch fields some term reads when present (``estimator(optional=...)``)."""
+    def _fields(self, attr: str) -> tuple[str, ...]:
+        """The union, in first-seen order, of the terms' ``attr`` field tuples."""
         seen: dict[str, None] = {}
         for _, info, _ in self.terms:
-            seen.update(dict.fromkeys(info.optional))
+            seen.update(dict.fromkeys(getattr(info, attr)))
         return tuple(seen)
 
     @property
+    def optional(self) -> tuple[str, ...]:
+        """The batch fields some term reads when present (``estimator(optional=...)``)."""
+        return self._fields("optional")
+
+    @property
     def needs(self) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for _, info, _ in self.terms:
-            seen.update(dict.fromkeys(info.needs))
-        return tuple(seen)
+        return self._fields("needs")
 
     def __repr__(self) -> str:
         s = " + ".join(

@@ -197,14 +197,19 @@ def explain(name: str = typer.Argument(..., help="any name `grouprl list` shows,
         console.print(f"\n{name!r} is also a {other}: grouprl explain {inv[other]}:{name}")
 
 
+def _header(console: Console, name: str, kind: str, info, extra: str = "") -> None:
+    """The title, paper, docstring and defaults of a registered estimator or loss."""
+    console.rule(f"[bold]{name}[/] — {kind}")
+    console.print(f"paper: {info.paper or '-'}\n{extra}")
+    console.print(info.doc + "\n")
+    console.print("defaults: " + (", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "none"))
+
+
 def _explain_estimator(console: Console, name: str) -> None:
     from ..advantages import ESTIMATORS, compute_advantages
 
     info = ESTIMATORS[name]
-    console.rule(f"[bold]{name}[/] — advantage estimator ({info.level})")
-    console.print(f"paper: {info.paper or '-'}\nneeds: {', '.join(info.needs)}\n")
-    console.print(info.doc + "\n")
-    console.print("defaults: " + (", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "none"))
+    _header(console, name, f"advantage estimator ({info.level})", info, f"needs: {', '.join(info.needs)}\n")
     if info.example:
         batch, kwargs = _example_batch(info.example)
         adv = compute_advantages(name, batch, **kwargs)
@@ -224,10 +229,7 @@ def _explain_loss(console: Console, name: str) -> None:
     from ..losses import LOSSES, run_example
 
     info = LOSSES[name]
-    console.rule(f"[bold]{name}[/] — policy loss ({info.level})")
-    console.print(f"paper: {info.paper or '-'}\n")
-    console.print(info.doc + "\n")
-    console.print("defaults: " + (", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "none"))
+    _header(console, name, f"policy loss ({info.level})", info)
     if info.example:
         loss, metrics = run_example(name)
         console.print("\n[bold]worked example[/] (computed now)")
