@@ -66,17 +66,12 @@ CREATE TABLE IF NOT EXISTS eval_items (
 """
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, grouprl, torch, transformers, numpy and the platform (for the record)."""
-    import platform
-    import sys
+def versions() -> dict[str, Any]:
+    """The versions a sweep's numbers depend on (``grouprl.train.logging.environment_versions``:
+    Python, platform, grouprl, torch, transformers, ...) plus the git commit, for the record."""
+    from ..train.logging import environment_versions
 
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("grouprl", "torch", "transformers", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - a missing optional module
-            out[mod] = "not installed"
+    out = environment_versions()
     try:
         import subprocess
 
