@@ -62,7 +62,7 @@ def ensure_warm_start(config: dict[str, Any], warm_root: str | Path) -> str | No
     import fcntl
 
     from ..train.config import build_config
-    from ..train.loop import load_initial_model, load_task
+    from ..train.run import build_warm_start
 
     key = warm_key(config)
     if key is None:
@@ -77,8 +77,7 @@ def ensure_warm_start(config: dict[str, Any], warm_root: str | Path) -> str | No
                 tmp = root / f".{key}.tmp-{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
-                cfg = build_config(config)
-                load_initial_model(cfg, load_task(cfg), tmp)
+                build_warm_start(build_config(config), tmp)  # task SFT, or env expert SFT
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
         finally:

@@ -18,8 +18,9 @@ A spec is YAML (or a dict)::
 
 Every cell is ``base`` <- task overrides <- method overrides <- ``{task, seed}``, validated as a
 ``grouprl.train.TrainConfig`` when the spec is loaded, so a typo fails before any cell runs.
-``--preset quick`` / ``--preset full`` are built-in specs (``PRESETS``); a spec file given with a
-preset is merged over it.
+``--preset NAME`` takes a built-in spec (``PRESETS``: quick, evidence and the blocks token_credit,
+maxmin, agents, selfplay; docs/arena.md); a spec file given with a preset is merged over it.
+``PRESET_CPU_S`` holds the measured CPU seconds per cell that ``--dry-run`` estimates from.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import yaml
 
 from ..train.config import ConfigError, TrainConfig, build_config
 
-__all__ = ["ArenaSpec", "Cell", "SpecError", "PRESETS", "load_spec", "spec_from_dict", "warm_key"]
+__all__ = ["ArenaSpec", "Cell", "SpecError", "PRESETS", "PRESET_CPU_S", "RETIRED_PRESETS", "load_spec", "spec_from_dict", "warm_key"]
 
 
 class SpecError(ValueError):
@@ -47,15 +48,6 @@ class SpecError(ValueError):
 _CELL_FIELDS = ("task", "seed", "name", "out_dir", "init")
 # Fields every cell gets unless the spec says otherwise: one thread per worker, no live bars.
 _CELL_DEFAULTS = {"threads": 1, "progress": False, "tensorboard": False}
-
-_METHODS_QUICK = {
-    "grpo": {"estimator": "grpo"},
-    "dr_grpo": {"estimator": "dr_grpo", "agg": "seq-mean-token-sum-norm"},
-    "ngrpo": {"estimator": "ngrpo", "loss": "ngrpo_clip"},
-    "canon": {"estimator": "canon"},
-    # at most 4 sampling rounds per step (default 16) keeps the sampler variant within the budget
-    "dapo_dynamic": {"estimator": "grpo", "sampler": "dapo_dynamic", "sampler_kwargs": {"max_rounds": 4}},
-}
 
 # The outcome-level methods of the claims table (docs/evidence.md), each from the README default's
 # regime: task add3r, the 1M model, RL from the shipped warm start (the same for every method and
@@ -75,19 +67,68 @@ _METHODS_EVIDENCE = {
     "vade": {"sampler": "vade"},
 }
 
-#: Built-in specs. ``quick`` is sized to finish in under 20 minutes with 2 workers on 2 CPU cores
-#: (measured: docs/arena.md); ``full`` is the same comparison at the trainer's default budget.
+# The evidence preset's regime (add3r from the shipped warm start add3r-1M, 100 RL steps, evaluation
+# on the 1,000 held-out prompts every 25 steps): the token-credit and MaxMin blocks share it, so
+# their grpo cells are the evidence preset's grpo cells (same config, same seeds).
+_BASE_EVIDENCE = {"steps": 100, "eval_every": 25, "pass_k_size": 0, "save_every": 100, "keep_checkpoints": 1}
+
+# Token- and segment-level credit (docs/token-credit.md): each method with its credit hook, estimator
+# and loss as in examples/*.yaml, fitted to add3r's short answers (at most 6 tokens: 3-4 digits + EOS).
+_METHODS_TOKEN_CREDIT = {
+    "grpo": {},
+    "hapo": {"estimator": "hapo_tlga", "loss": "hapo", "credit": "hapo"},  # examples/hapo.yaml (its defaults)
+    "spo_chain": {"estimator": "spo_chain", "estimator_kwargs": {"whiten": True}, "credit": "spo_chain",
+                  "credit_kwargs": {"interval": 5, "samples": 4, "prob_mask": True}},  # examples/spo_chain.yaml
+    # examples/spo_tree.yaml's tree (group_size 6 at depth 0, then 6 and 6 children) with 2-token
+    # segments, so three levels span add3r's 6-token limit; 8 prompts per step as there
+    "spo_tree": {"estimator": "spo_tree", "estimator_kwargs": {"whiten": True}, "credit": "spo_tree",
+                 "credit_kwargs": {"branch": [6, 6], "segment_len": 2, "adv_method": "rloo", "max_edges": 32},
+                 "prompts_per_step": 8, "group_size": 6},
+    # T-PPO: windows of 3 tokens, a sequence finished at 6 tokens (add3r's limit), critic lr 1e-3
+    "tppo": {"estimator": "egae", "estimator_kwargs": {"gamma": 1.0, "lam": 0.95}, "credit": "tppo",
+             "credit_kwargs": {"max_total_tokens": 6, "lr": 0.001, "critic_lam": 1.0}, "max_new_tokens": 3},
+    # EGAE without windows (examples/tppo_egae.yaml): PPO with a critic, truncated responses bootstrapped
+    "egae": {"estimator": "egae", "estimator_kwargs": {"gamma": 1.0, "lam": 0.95}, "credit": "critic",
+             "credit_kwargs": {"lr": 0.001, "critic_lam": 1.0, "finished_only": True}},
+}
+
+# The grid world of docs/agents.md ("Measured: GiGPO on the grid world"; examples/agents/gridworld_gigpo.yaml):
+# layout 0 with a random start cell per seed named by a letter, a 150-step SFT warm start on a BFS
+# expert with 60% random moves (shared by the methods of a seed), 60 RL steps of 8 seeds x 8 episodes,
+# greedy success on 128 held-out seeds. ReAd (read) is not in it: it reads a critic's Q and V per
+# action (extras q_values / state_values) that the agent loop does not produce.
+_BASE_GRIDWORLD = {
+    "model": "1M", "sft_steps": 150, "sft_batch_size": 32, "sft_lr": 3e-3, "sft_target_acc": 0.0, "expert_noise": 0.6,
+    "history_len": 0, "instruction": "Reach G.", "max_turns": 10, "max_new_tokens": 6, "prompts_per_step": 8,
+    "group_size": 8, "lr": 3e-4, "steps": 60, "eval_every": 20, "eval_size": 128, "save_every": 60,
+    "keep_checkpoints": 1,
+}
+_TASK_GRIDWORLD = {"gridworld": {"env": "gridworld", "env_kwargs": {"layout": 0, "random_start": True,
+                                                                    "show_position": True}}}
+
+# Tic-tac-toe self-play (docs/agents.md "Measured: MARS self-play on tic-tac-toe";
+# examples/agents/tictactoe_mars.yaml): one policy plays X and O (agent = role = the player), an
+# invalid move costs its player -1; a 300-step SFT warm start on minimax with 30% random moves;
+# 40 RL steps of 4 seeds x 4 games; greedy wins as X against the random player on 64 held-out seeds.
+_BASE_TICTACTOE = {
+    "model": "1M", "sft_steps": 300, "sft_batch_size": 32, "sft_lr": 3e-3, "sft_target_acc": 0.0, "expert_noise": 0.3,
+    "history_len": 0, "instruction": "Tic-tac-toe.", "max_turns": 12, "max_new_tokens": 4, "prompts_per_step": 4,
+    "group_size": 4, "lr": 3e-4, "steps": 40, "eval_every": 10, "eval_size": 64, "save_every": 40,
+    "keep_checkpoints": 1,
+}
+_TASK_TICTACTOE = {"tictactoe": {"env": "tictactoe", "env_kwargs": {"invalid_penalty": -1.0},
+                                 "eval_env_kwargs": {"opponent": "random"}}}
+
+#: Built-in specs (docs/arena.md, "Presets"). ``evidence`` is the outcome-method comparison; the
+#: blocks ``token_credit``, ``maxmin``, ``agents`` and ``selfplay`` are the methods that need more than
+#: an outcome reward; ``quick`` is a tiny sweep in the evidence regime that CI can afford.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
-        "base": {
-            # the warm start measured in docs/arena.md: a fixed 600-step cosine SFT
-            "model": "1M", "sft_steps": 600, "sft_batch_size": 64, "sft_lr": 3e-3, "sft_target_acc": 0.0,
-            "steps": 40, "lr": 5e-5, "prompts_per_step": 16, "group_size": 8, "eval_every": 10, "eval_size": 300,
-            "pass_k_size": 0, "save_every": 40, "keep_checkpoints": 1,
-        },
-        "methods": _METHODS_QUICK,
-        "tasks": ["mixed"],
+        "base": {"steps": 10, "eval_every": 5, "eval_size": 200, "pass_k_size": 0, "save_every": 10,
+                 "keep_checkpoints": 1},
+        "methods": {"grpo": {}, "dr_grpo": {"method": "dr_grpo"}, "rloo": {"estimator": "rloo"}},
+        "tasks": ["add3r"],
         "seeds": [0, 1, 2],
         "baseline": "grpo",
         "metric": "acc",
@@ -101,20 +142,58 @@ PRESETS: dict[str, dict[str, Any]] = {
         "baseline": "grpo",
         "metric": "acc",
     },
-    "full": {
-        "name": "full",
-        "base": {"model": "1M", "sft_steps": 600, "sft_batch_size": 64, "sft_lr": 3e-3, "sft_target_acc": 0.0,
-                 "steps": 150, "lr": 5e-5, "eval_every": 10, "eval_size": 500},
-        "methods": {
-            **_METHODS_QUICK,
-            "vade": {"estimator": "grpo", "sampler": "vade"},
-        },
-        "tasks": ["mixed"],
-        "seeds": [0, 1, 2, 3, 4],
+    "token_credit": {
+        "name": "token_credit",
+        "base": _BASE_EVIDENCE,
+        "methods": _METHODS_TOKEN_CREDIT,
+        "tasks": ["add3r"],
+        "seeds": list(range(10)),
+        "baseline": "grpo",
+        "metric": "acc",
+    },
+    "maxmin": {
+        "name": "maxmin",
+        "base": _BASE_EVIDENCE,
+        # two reward components: the task's verifier and a second user group that prefers the digits
+        # 0-4 (grouprl.rewards.digits); MaxMin trains each step on the worse-off group's reward
+        "methods": {"grpo": {}, "maxmin": {"estimator": "maxmin",
+                                           "reward_components": ["task", "grouprl.rewards.digits:low_digit_share"]}},
+        "tasks": ["add3r"],
+        "seeds": list(range(10)),
+        "baseline": "grpo",
+        "metric": "acc",
+    },
+    "agents": {
+        "name": "agents",
+        "base": _BASE_GRIDWORLD,
+        "methods": {"grpo": {"estimator": "grpo"}, "gigpo": {"estimator": "gigpo"}, "salt": {"estimator": "salt"}},
+        "tasks": _TASK_GRIDWORLD,
+        "seeds": list(range(10)),
+        "baseline": "grpo",
+        "metric": "acc",
+    },
+    "selfplay": {
+        "name": "selfplay",
+        "base": _BASE_TICTACTOE,
+        "methods": {"grpo": {"estimator": "grpo"}, "mars": {"estimator": "mars"},
+                    "advevo": {"estimator": "advevo_public"}},
+        "tasks": _TASK_TICTACTOE,
+        "seeds": list(range(10)),
         "baseline": "grpo",
         "metric": "acc",
     },
 }
+
+#: Measured CPU seconds (user + sys, ``/usr/bin/time -v``) of one cell per method at ``threads=1``, and of
+#: one SFT warm start where the preset builds them (one per seed), read by ``grouprl arena --dry-run``
+#: (``grouprl.arena.plan``). Measured with ``benchmarks/arena_cell_cpu.py PRESET --seed 0`` on the
+#: 2-core build machine while other jobs ran (load average 5-16): docs/arena.md, "Blocks".
+PRESET_CPU_S: dict[str, dict[str, Any]] = {
+    "quick": {"cells": {"grpo": 8.2}, "warm_start": None},
+}
+
+#: Presets that were removed, and what replaced them (named in the error of ``load_spec``).
+RETIRED_PRESETS = {"full": "evidence (the same comparison in the regime where RL moves accuracy)"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+:,-]+$")
 
@@ -243,6 +322,8 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
     """A spec file, a preset, or a file merged over a preset; then ``overrides`` (e.g. ``out_dir``)."""
     d: dict[str, Any] = {}
     if preset is not None:
+        if preset in RETIRED_PRESETS:
+            raise SpecError(f"preset {preset!r} was removed; use {RETIRED_PRESETS[preset]}")
         if preset not in PRESETS:
             raise SpecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         d = copy.deepcopy(PRESETS[preset])
@@ -258,7 +339,7 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
             raise SpecError(f"spec file {str(p)!r} must hold a mapping (name, base, methods, tasks, seeds, ...)")
         d = _merge(d, loaded)
     if not d:
-        raise SpecError("give a spec file or --preset quick|full")
+        raise SpecError(f"give a spec file or --preset NAME ({', '.join(PRESETS)})")
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})
     return spec_from_dict(d)
 
@@ -266,6 +347,8 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
 # Fields that decide the SFT warm start; cells that agree on them share one warm-start checkpoint.
 _WARM_FIELDS = ("task", "task_kwargs", "seed", "model", "max_new_tokens", "sft_steps", "sft_batch_size", "sft_lr",
                 "sft_warmup_steps", "sft_target_acc", "sft_check_every", "sft_val_size")
+# ... and for env runs also those of the expert episodes it is trained on (grouprl.train.agent_sft)
+_WARM_FIELDS_ENV = ("env", "env_kwargs", "expert_noise", "max_turns", "history_len", "instruction")
 
 
 def warm_key(config: dict[str, Any]) -> str | None:
@@ -277,6 +360,7 @@ def warm_key(config: dict[str, Any]) -> str | None:
         return None
     if shipped_warm_start(build_config(dict(config))) is not None:  # every cell loads the shipped checkpoint
         return None
-    d = {k: config.get(k) for k in _WARM_FIELDS}
+    fields = _WARM_FIELDS + (_WARM_FIELDS_ENV if config.get("env") is not None else ())  # task keys unchanged
+    d = {k: config.get(k) for k in fields}
     h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{config['task']}-s{config['seed']}-{h}"

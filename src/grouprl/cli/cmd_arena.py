@@ -1,7 +1,8 @@
 """``grouprl arena`` and ``grouprl report``.
 
     grouprl arena SPEC.yaml [--workers 2] [--out DIR] [--backend local|ray]
-    grouprl arena --preset quick            # built-in specs: quick (< 20 min on 2 CPU cores), full
+    grouprl arena --preset quick            # built-in specs (docs/arena.md): quick, evidence, token_credit, ...
+    grouprl arena --preset agents --dry-run # the plan: overrides, N cells, warm starts, estimated time
     grouprl arena --resume arenas/quick     # continue a killed sweep; finished cells are not re-run
     grouprl report arenas/quick             # report.md + report.html + figures in arenas/quick/report
     grouprl report arenas/quick --json      # ... and summary.json (per-method IQM, paired comparisons)
@@ -21,7 +22,8 @@ from .app import app
 @app.command()
 def arena(
     spec: Optional[Path] = typer.Argument(None, help="arena spec YAML (methods, tasks, seeds, base config)"),
-    preset: Optional[str] = typer.Option(None, help="built-in spec: quick or full (a SPEC file is merged over it)"),
+    preset: Optional[str] = typer.Option(None, help="built-in spec (quick, evidence, token_credit, maxmin, agents, "
+                                                 "selfplay; a SPEC file is merged over it)"),
     out: Optional[Path] = typer.Option(None, help="parent directory of the arena run (default: the spec's out_dir)"),
     name: Optional[str] = typer.Option(None, help="arena run name (default: the spec's name)"),
     workers: int = typer.Option(2, min=1, help="cells run in parallel (one torch thread each)"),
@@ -30,6 +32,8 @@ def arena(
     backend: str = typer.Option("local", help="local (worker processes) or ray"),
     ray_address: Optional[str] = typer.Option(None, help="with --backend ray: address of an existing Ray cluster"),
     report: bool = typer.Option(True, help="write the report when the sweep ends"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (each method's overrides, the number of "
+                                 "cells, the warm starts, an estimated time) and run nothing"),
 ) -> None:
     """Run every (method, task, seed) cell of an arena with the embedded trainer; results go to
     OUT/NAME/arena.db (SQLite), CSV/Parquet exports and a report."""
@@ -39,12 +43,19 @@ def arena(
     console = Console()
     try:
         if resume is not None:
+            if dry_run:
+                raise ArenaError("--dry-run plans a new sweep; drop --resume (the run's cells are listed in its arena.db)")
             if spec is not None or preset is not None:
                 raise ArenaError("--resume uses the run's own spec; drop SPEC / --preset")
             root = run_arena(resume=resume, workers=workers, backend=backend, retry_failed=retry_failed,
                              console=console, ray_address=ray_address)
         else:
             s = load_spec(spec, preset, {"name": name})
+            if dry_run:
+                from ..arena.plan import format_plan, plan
+
+                console.print(format_plan(plan(s, workers)), markup=False, highlight=False, soft_wrap=True)
+                return
             root = run_arena(s, out_dir=out, workers=workers, backend=backend, console=console, ray_address=ray_address)
     except (ArenaError, SpecError) as exc:
         console.print(f"[bold red]error:[/] {exc}")

@@ -109,6 +109,11 @@ def _initial_model(cfg: TrainConfig, make_env, run_dir: Path, console: Any):
     return load_pretrained(str(sft_dir))
 
 
+def initial_agent_model(cfg: TrainConfig, run_dir: Path, console: Any = None):
+    """The policy an env run starts from (``init``, or the expert SFT saved to ``run_dir/sft``)."""
+    return _initial_model(cfg, _env_factory(cfg), run_dir, console)
+
+
 def _episodes(model, tok, make_env, cfg: TrainConfig, seeds: list[int], group_size: int, greedy: bool, gen,
               device: torch.device, amp) -> AgentBatch:
     """Episodes sampled on ``device`` under ``amp``; the batch comes back on ``device``."""

@@ -9,13 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from .._osutil import disk_full_message, is_disk_full
-from .agent_loop import train_agent
+from .agent_loop import initial_agent_model, train_agent
 from .checkpoint import CheckpointError
 from .config import TrainConfig
-from .loop import train_task
+from .loop import load_initial_model, load_task, train_task
 from .rundir import _RUN, _Run
 
-__all__ = ["train"]
+__all__ = ["build_warm_start", "train"]
+
+
+def build_warm_start(cfg: TrainConfig, run_dir: str | Path) -> Any:
+    """The policy RL starts from, as ``train`` would load it: for an SFT warm start the SFT runs now and
+    is saved to ``run_dir/sft`` (the arena builds one per key and shares it across cells). The task
+    loop's warm start (``init``, shipped, task SFT) or, for ``env=``, the agent loop's (SFT on the
+    environment's scripted expert). Returns (model, tokenizer)."""
+    if cfg.env is not None:
+        return initial_agent_model(cfg, Path(run_dir))
+    return load_initial_model(cfg, load_task(cfg), Path(run_dir))
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
