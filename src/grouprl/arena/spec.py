@@ -189,7 +189,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: (``grouprl.arena.plan``). Measured with ``benchmarks/arena_cell_cpu.py PRESET --seed 0`` on the
 #: 2-core build machine while other jobs ran (load average 5-16): docs/arena.md, "Blocks".
 PRESET_CPU_S: dict[str, dict[str, Any]] = {
-    "quick": {"cells": {"grpo": 8.2}, "warm_start": None},
+    "quick": {"cells": {"grpo": 8.2, "dr_grpo": 8.3, "rloo": 8.2}, "warm_start": None},
+    "maxmin": {"cells": {"grpo": 25.2, "maxmin": 25.2}, "warm_start": None},
 }
 
 #: Presets that were removed, and what replaced them (named in the error of ``load_spec``).
