@@ -38,9 +38,12 @@ def _timed(args: list[str]) -> tuple[float, float, str]:
 
 
 def _child(kind: str, config_file: str, run_dir: str, warm_root: str) -> None:
+    import torch
+
     from grouprl.arena.runner import ensure_warm_start, run_cell
 
     config = json.loads(Path(config_file).read_text())
+    torch.set_num_threads(int(config.get("threads", 1)))  # as the arena's workers (run_cell sets it too)
     if kind == "warm":
         ensure_warm_start(config, warm_root)
         return
