@@ -191,6 +191,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_CPU_S: dict[str, dict[str, Any]] = {
     "quick": {"cells": {"grpo": 8.2, "dr_grpo": 8.3, "rloo": 8.2}, "warm_start": None},
     "maxmin": {"cells": {"grpo": 25.2, "maxmin": 25.2}, "warm_start": None},
+    "token_credit": {"cells": {"grpo": 25.4, "hapo": 28.6, "spo_chain": 31.4, "spo_tree": 24.1, "tppo": 44.3,
+                               "egae": 55.6}, "warm_start": None},
 }
 
 #: Presets that were removed, and what replaced them (named in the error of ``load_spec``).
