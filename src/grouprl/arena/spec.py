@@ -121,7 +121,9 @@ _TASK_TICTACTOE = {"tictactoe": {"env": "tictactoe", "env_kwargs": {"invalid_pen
 
 #: Built-in specs (docs/arena.md, "Presets"). ``evidence`` is the outcome-method comparison; the
 #: blocks ``token_credit``, ``maxmin``, ``agents`` and ``selfplay`` are the methods that need more than
-#: an outcome reward; ``quick`` is a tiny sweep in the evidence regime that CI can afford.
+#: an outcome reward, 20 seeds each (each at most 44 min on 2 idle cores by the measured CPU seconds
+#: below; seeds 0-9 of the add3r blocks' grpo cells are evidence's); ``quick`` is a tiny sweep in the
+#: evidence regime that CI can afford.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
@@ -147,7 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": _BASE_EVIDENCE,
         "methods": _METHODS_TOKEN_CREDIT,
         "tasks": ["add3r"],
-        "seeds": list(range(10)),
+        "seeds": list(range(20)),
         "baseline": "grpo",
         "metric": "acc",
     },
@@ -159,7 +161,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": {"grpo": {}, "maxmin": {"estimator": "maxmin",
                                            "reward_components": ["task", "grouprl.rewards.digits:low_digit_share"]}},
         "tasks": ["add3r"],
-        "seeds": list(range(10)),
+        "seeds": list(range(20)),
         "baseline": "grpo",
         "metric": "acc",
     },
@@ -168,7 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": _BASE_GRIDWORLD,
         "methods": {"grpo": {"estimator": "grpo"}, "gigpo": {"estimator": "gigpo"}, "salt": {"estimator": "salt"}},
         "tasks": _TASK_GRIDWORLD,
-        "seeds": list(range(10)),
+        "seeds": list(range(20)),
         "baseline": "grpo",
         "metric": "acc",
     },
@@ -178,7 +180,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": {"grpo": {"estimator": "grpo"}, "mars": {"estimator": "mars"},
                     "advevo": {"estimator": "advevo_public"}},
         "tasks": _TASK_TICTACTOE,
-        "seeds": list(range(10)),
+        "seeds": list(range(20)),
         "baseline": "grpo",
         "metric": "acc",
     },
@@ -189,10 +191,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: (``grouprl.arena.plan``). Measured with ``benchmarks/arena_cell_cpu.py PRESET --seed 0`` on the
 #: 2-core build machine while other jobs ran (load average 5-16): docs/arena.md, "Blocks".
 PRESET_CPU_S: dict[str, dict[str, Any]] = {
+    # evidence's grpo cell is token_credit's and maxmin's (the same config), measured there
+    "evidence": {"cells": {"grpo": 25.4, "dr_grpo": 24.1, "rloo": 24.6, "ngrpo": 27.9, "canon": 27.4, "copo": 24.5,
+                           "dapo": 29.7, "confucius3": 31.4, "srpo": 36.6, "vade": 28.8}, "warm_start": None},
     "quick": {"cells": {"grpo": 8.2, "dr_grpo": 8.3, "rloo": 8.2}, "warm_start": None},
     "maxmin": {"cells": {"grpo": 25.2, "maxmin": 25.2}, "warm_start": None},
     "token_credit": {"cells": {"grpo": 25.4, "hapo": 28.6, "spo_chain": 31.4, "spo_tree": 24.1, "tppo": 44.3,
                                "egae": 55.6}, "warm_start": None},
+    "agents": {"cells": {"grpo": 76.8, "gigpo": 91.7, "salt": 72.7}, "warm_start": 21.5},
+    "selfplay": {"cells": {"grpo": 58.8, "mars": 53.0, "advevo": 54.5}, "warm_start": 69.2},
 }
 
 #: Presets that were removed, and what replaced them (named in the error of ``load_spec``).
