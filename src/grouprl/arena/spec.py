@@ -191,12 +191,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: (``grouprl.arena.plan``). Measured with ``benchmarks/arena_cell_cpu.py PRESET --seed 0`` on the
 #: 2-core build machine while other jobs ran (load average 5-16): docs/arena.md, "Blocks".
 PRESET_CPU_S: dict[str, dict[str, Any]] = {
-    # evidence's grpo cell is token_credit's and maxmin's (the same config), measured there
-    "evidence": {"cells": {"grpo": 25.4, "dr_grpo": 24.1, "rloo": 24.6, "ngrpo": 27.9, "canon": 27.4, "copo": 24.5,
+    # the grpo cell of evidence, token_credit and maxmin is one config, measured twice (25.4 s in
+    # token_credit's run, 25.2 s in maxmin's): all three presets use the mean, 25.3
+    "evidence": {"cells": {"grpo": 25.3, "dr_grpo": 24.1, "rloo": 24.6, "ngrpo": 27.9, "canon": 27.4, "copo": 24.5,
                            "dapo": 29.7, "confucius3": 31.4, "srpo": 36.6, "vade": 28.8}, "warm_start": None},
     "quick": {"cells": {"grpo": 8.2, "dr_grpo": 8.3, "rloo": 8.2}, "warm_start": None},
-    "maxmin": {"cells": {"grpo": 25.2, "maxmin": 25.2}, "warm_start": None},
-    "token_credit": {"cells": {"grpo": 25.4, "hapo": 28.6, "spo_chain": 31.4, "spo_tree": 24.1, "tppo": 44.3,
+    "maxmin": {"cells": {"grpo": 25.3, "maxmin": 25.2}, "warm_start": None},
+    "token_credit": {"cells": {"grpo": 25.3, "hapo": 28.6, "spo_chain": 31.4, "spo_tree": 24.1, "tppo": 44.3,
                                "egae": 55.6}, "warm_start": None},
     "agents": {"cells": {"grpo": 76.8, "gigpo": 91.7, "salt": 72.7}, "warm_start": 21.5},
     "selfplay": {"cells": {"grpo": 58.8, "mars": 53.0, "advevo": 54.5}, "warm_start": 69.2},
