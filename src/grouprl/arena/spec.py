@@ -4,7 +4,7 @@ A spec is YAML (or a dict)::
 
     name: quick                  # arena run name (the run dir is out_dir/name)
     out_dir: arenas
-    base:                        # TrainConfig fields shared by every cell
+    base:                        # TrainConfig fields shared by every cell (flat, or nested by section)
       model: 1M
       steps: 30
     methods:                     # method name -> TrainConfig overrides
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from ..train.config import ConfigError, TrainConfig, build_config
+from ..train.config import ConfigError, TrainConfig, build_config, flatten_sections
 
 __all__ = ["ArenaSpec", "Cell", "SpecError", "PRESETS", "load_spec", "spec_from_dict", "warm_key"]
 
@@ -153,6 +153,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _flat_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with ``base`` and each method's and task's overrides as flat TrainConfig fields: each may be
+    written flat or nested by section (``optim: {lr: 1e-4}``), and a preset (flat) merges with either."""
+    out = dict(d)
+    try:
+        if isinstance(out.get("base"), dict):
+            out["base"] = flatten_sections(out["base"], where="base")
+        for part in ("methods", "tasks"):
+            if isinstance(out.get(part), dict):
+                out[part] = {k: flatten_sections(v, where=f"{part}.{k}") if isinstance(v, dict) else v
+                             for k, v in out[part].items()}
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    return out
+
+
 def _mapping(name: str, value: Any, *, allow_list: bool) -> dict[str, dict[str, Any]]:
     if allow_list and isinstance(value, list):
         value = {str(v): {} for v in value}
@@ -183,6 +199,7 @@ def spec_from_dict(d: dict[str, Any]) -> ArenaSpec:
     for req in ("methods", "tasks", "seeds"):
         if req not in d:
             raise SpecError(f"spec is missing {req!r}; see docs/arena.md for the format")
+    d = _flat_fields(d)
     base = d.get("base") or {}
     if not isinstance(base, dict):
         raise SpecError(f"spec key 'base' must be a mapping of TrainConfig fields (got {base!r})")
@@ -229,7 +246,7 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
             raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise SpecError(f"spec file {str(p)!r} must hold a mapping (name, base, methods, tasks, seeds, ...)")
-        d = _merge(d, loaded)
+        d = _merge(d, _flat_fields(loaded))
     if not d:
         raise SpecError("give a spec file or --preset quick|full")
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})
