@@ -32,9 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..train.config import ConfigError, TrainConfig, build_config, flatten_sections
+from ..train.config import (
+    ConfigError,
+    TrainConfig,
+    build_config,
+    flatten_sections,
+    read_yaml_mapping,
+)
 
 __all__ = ["ArenaSpec", "Cell", "SpecError", "PRESETS", "load_spec", "spec_from_dict", "warm_key"]
 
@@ -237,15 +241,7 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
             raise SpecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         d = copy.deepcopy(PRESETS[preset])
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise SpecError(f"spec file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise SpecError(f"spec file {str(p)!r} must hold a mapping (name, base, methods, tasks, seeds, ...)")
+        loaded = read_yaml_mapping(path, "spec file", "(name, base, methods, tasks, seeds, ...)", SpecError)
         d = _merge(d, _flat_fields(loaded))
     if not d:
         raise SpecError("give a spec file or --preset quick|full")

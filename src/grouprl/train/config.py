@@ -19,7 +19,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_origin
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,7 +34,7 @@ from .config_checks import (
 )
 
 __all__ = ["TrainConfig", "ConfigError", "parse_overrides", "load_config", "build_config", "RESUMABLE_FIELDS",
-           "SECTIONS", "SECTION_OF", "flatten_sections", "nest_sections", "read_config_file", "config_yaml"]
+           "SECTIONS", "SECTION_OF", "flatten_sections", "nest_sections", "read_config_file", "read_yaml_mapping", "config_yaml"]
 
 
 class ConfigError(ValueError):
@@ -416,8 +416,6 @@ def _check_sections() -> None:
 
 
 _check_sections()
-# Fields whose value is itself a mapping (task_kwargs, ...): a mapping under one of them is no section.
-_DICT_FIELDS = frozenset(n for n, f in TrainConfig.model_fields.items() if get_origin(f.annotation) is dict)
 
 
 def _close(key: str, names: list[str]) -> str:
@@ -442,6 +440,7 @@ def _section_fields(section: str, body: dict[str, Any], where: str) -> dict[str,
 
 
 def _is_section(key: str, value: Any) -> bool:
+    # no section is named like a dict field; model, task, method name a section and a string field
     return key in SECTIONS and isinstance(value, dict)
 
 
@@ -595,18 +594,24 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML config file, flat or nested by section, as a flat dict of fields (not validated)."""
+def read_yaml_mapping(path: str | Path, what: str = "config file", holds: str = "of key: value",
+                      error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file, bad YAML or another shape raises ``error`` naming ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise error(f"{what} {str(p)!r} does not exist")
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        raise error(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of key: value")
-    return flatten_sections(loaded, where=f"config file {str(p)!r}")
+        raise error(f"{what} {str(p)!r} must hold a mapping {holds}")
+    return loaded
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file, flat or nested by section, as a flat dict of fields (not validated)."""
+    return flatten_sections(read_yaml_mapping(path), where=f"config file {str(path)!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
