@@ -208,3 +208,14 @@ def test_a_run_dir_with_an_old_flat_config_yaml_resumes(tmp_path):
     assert again.steps == 3 and again.compat_hash() == cfg.compat_hash()
     train(again, resume=run)
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_plain_help_without_rich_is_grouped_too():
+    import click
+
+    from grouprl.cli.cmd_train import _SectionedHelp
+
+    cmd = _SectionedHelp(name="train", callback=lambda: None, help="doc", rich_markup_mode=None)
+    text = cmd.get_help(click.Context(cmd))
+    starts = [text.index(f"\n{name}:\n") for name in SECTIONS]
+    assert starts == sorted(starts) and "\n  lr=0.0001\n" in text[starts[4]:starts[5]]

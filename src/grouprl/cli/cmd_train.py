@@ -45,7 +45,8 @@ class _SectionedHelp(TyperCommand):
         super().format_help(ctx, formatter)
         if self.rich_markup_mode is None:  # plain click help: sections as definition lists
             for name, doc, rows in _section_rows():
-                with formatter.section(f"{name}: {doc}"):
+                with formatter.section(name):
+                    formatter.write_text(doc)
                     formatter.write_dl([(f"{key}={default}", desc) for key, default, desc in rows])
             return
         from rich import box
