@@ -4,7 +4,7 @@ A spec is YAML (or a dict)::
 
     name: quick                  # arena run name (the run dir is out_dir/name)
     out_dir: arenas
-    base:                        # TrainConfig fields shared by every cell
+    base:                        # TrainConfig fields shared by every cell (flat, or nested by section)
       model: 1M
       steps: 30
     methods:                     # method name -> TrainConfig overrides
@@ -32,9 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..train.config import ConfigError, TrainConfig, build_config
+from ..train.config import (
+    ConfigError,
+    TrainConfig,
+    build_config,
+    flatten_sections,
+    read_yaml_mapping,
+)
 
 __all__ = ["ArenaSpec", "Cell", "SpecError", "PRESETS", "load_spec", "spec_from_dict", "warm_key"]
 
@@ -180,6 +184,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _flat_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with ``base`` and each method's and task's overrides as flat TrainConfig fields: each may be
+    written flat or nested by section (``optim: {lr: 1e-4}``), and a preset (flat) merges with either."""
+    out = dict(d)
+    try:
+        if isinstance(out.get("base"), dict):
+            out["base"] = flatten_sections(out["base"], where="base")
+        for part in ("methods", "tasks"):
+            if isinstance(out.get(part), dict):
+                out[part] = {k: flatten_sections(v, where=f"{part}.{k}") if isinstance(v, dict) else v
+                             for k, v in out[part].items()}
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    return out
+
+
 def _mapping(name: str, value: Any, *, allow_list: bool) -> dict[str, dict[str, Any]]:
     if allow_list and isinstance(value, list):
         value = {str(v): {} for v in value}
@@ -210,6 +230,7 @@ def spec_from_dict(d: dict[str, Any]) -> ArenaSpec:
     for req in ("methods", "tasks", "seeds"):
         if req not in d:
             raise SpecError(f"spec is missing {req!r}; see docs/arena.md for the format")
+    d = _flat_fields(d)
     base = d.get("base") or {}
     if not isinstance(base, dict):
         raise SpecError(f"spec key 'base' must be a mapping of TrainConfig fields (got {base!r})")
@@ -247,16 +268,8 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
             raise SpecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         d = copy.deepcopy(PRESETS[preset])
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise SpecError(f"spec file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise SpecError(f"spec file {str(p)!r} must hold a mapping (name, base, methods, tasks, seeds, ...)")
-        d = _merge(d, loaded)
+        loaded = read_yaml_mapping(path, "spec file", "(name, base, methods, tasks, seeds, ...)", SpecError)
+        d = _merge(d, _flat_fields(loaded))
     if not d:
         raise SpecError("give a spec file or --preset quick|full")
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .._osutil import LockHeld, exclusive_lock, release_lock, remove_stale_temps, write_text_atomic
-from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
+from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config, config_yaml, flatten_sections
 
 __all__ = ["prepare_run_dir", "resume_config", "current_run"]
 
@@ -70,7 +70,8 @@ def _lock_run_dir(run_dir: Path) -> None:
 
 
 def _read_saved_config(saved: Path) -> dict[str, Any]:
-    """A run's config.yaml as a dict; an empty or unreadable file is a ConfigError (never a default config)."""
+    """A run's config.yaml as a flat dict of fields; an empty or unreadable file is a ConfigError (never a
+    default config)."""
     try:
         values = yaml.safe_load(saved.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -81,7 +82,7 @@ def _read_saved_config(saved: Path) -> dict[str, Any]:
             "written completely (a kill while the run was being created). Start the run again under a new name, "
             f"or delete {saved.parent} and run the same command again."
         )
-    return values
+    return flatten_sections(values, where=str(saved))  # nested by section, or flat (written before sections)
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, TrainConfig]:
@@ -108,7 +109,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, 
             + (" with a different config" if old != cfg.model_dump() else "")
             + f"; continue it with `grouprl train --resume {run_dir}` or choose another name=..."
         )
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", config_yaml(cfg))
     run = _RUN.get()
     if run is not None:
         run.fresh = True
@@ -121,6 +122,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
     if not saved.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
     values = _read_saved_config(saved)
+    overrides = flatten_sections(overrides, where="--resume overrides")
     bad = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
     if bad:
         raise ConfigError(
