@@ -93,6 +93,7 @@ from ..advantages import get as get_estimator
 from ..advantages import parse as parse_estimator
 from ..core import Rollouts
 from ..core.batch import ROW_FIELDS, TOKEN_FIELDS
+from .declarations import hook_hparams
 
 from verl.trainer.ppo import core_algos  # noqa: E402  (this module is the verl adapter)
 
@@ -841,23 +842,18 @@ def _grouprl_loss_name(loss_mode: Any) -> str | None:
 
 
 def loss_hook_hparams(name: str, algorithm_config: Any) -> dict[str, Any]:
-    """The hyperparameters of loss ``name``'s inputs hook: those of ``algorithm.grouprl.hparams``
-    that the estimator named by ``LossInfo.inputs_hparams_from`` takes, when verl's
-    ``adv_estimator`` uses it (``grouprl.copo``, or ``grouprl.expr`` with a copo term), as grouprl's
-    trainer does; else none (the hook's defaults)."""
-    from ..losses import LOSSES
-
-    src_name = LOSSES[name].inputs_hparams_from
+    """The hyperparameters of loss ``name``'s inputs hook under verl's algorithm config: those
+    ``algorithm.grouprl.hparams`` bind to the estimator term the loss takes them from
+    (``LossInfo.inputs_hparams_from``) when ``adv_estimator`` uses it (``grouprl.copo``, or
+    ``grouprl.expr`` with a copo term); else none (the hook's defaults)."""
     adv = _cfg_get(algorithm_config, "adv_estimator", None)
     adv = getattr(adv, "value", adv)
-    if src_name is None or not isinstance(adv, str) or not adv.startswith(PREFIX):
+    if not isinstance(adv, str) or not adv.startswith(PREFIX):
         return {}
     est_name = adv[len(PREFIX):]
     if est_name != EXPR_NAME and est_name not in ESTIMATORS:
         return {}
-    est, hparams = _resolve(None if est_name == EXPR_NAME else est_name, algorithm_config)
-    src = next((info for _, info, _ in est.terms if info.name == src_name), None)
-    return {k: v for k, v in hparams.items() if src is not None and k in src.defaults}
+    return hook_hparams(_resolve(None if est_name == EXPR_NAME else est_name, algorithm_config)[0], name)
 
 
 def _wrap_update_actor(mod: Any) -> None:
