@@ -4,8 +4,10 @@ Every estimator and loss that the verl plug-in registers is called exactly as ve
 (``compute_advantage``: ``fn(token_level_rewards=, response_mask=, config=<algorithm DictConfig>,
 index=uid[, reward_baselines=])``; ``ppo_loss``: ``fn(old_log_prob=, log_prob=, advantages=,
 response_mask=, loss_agg_mode=, config=<ActorConfig>, rollout_is_weights=)``) with the declared
-fields supplied in a DataProto (``grouprl_data``), and compared with grouprl's direct call; without a
-declared field the call raises an error naming it.
+fields supplied in a DataProto (``grouprl_data``: the step's stored inputs for a loss with an
+``inputs`` hook) or verl's model output (``token_entropy``), and compared with grouprl's direct call;
+without a declared field the call raises an error naming it. The actor path itself (verl's
+mini/micro-batching and ppo_loss) is tests/test_verl_actor_path.py.
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ def test_copo_is_in_the_hooked_losses():
 
 # ------------------------------------------------------------------------------------------- TRL
 def test_trl_refuses_methods_whose_declared_needs_it_cannot_supply():
+    """(The full sweep is tests/test_trl_declarations.py.)"""
     require("trl")
     from grouprl.advantages import get as get_est
     from grouprl.integrations.trl import TRL_SUPPLIES, check_declarations
@@ -202,8 +205,8 @@ def test_trl_refuses_methods_whose_declared_needs_it_cannot_supply():
     for name, info in ESTIMATORS.items():
         unsupplied = [f for f in info.needs if f not in TRL_SUPPLIES]
         if unsupplied:
-            with pytest.raises(ValueError, match=rf"estimator '{name}' needs the batch field\(s\) '{unsupplied[0]}'"):
+            with pytest.raises(ValueError, match=rf"estimator '{name}' needs the batch field '{unsupplied[0]}'"):
                 check_declarations(get_est(name))
     for name in HOOKED:
-        with pytest.raises(ValueError, match=rf"policy loss '{name}' needs the batch field\(s\) 'answer'"):
+        with pytest.raises(ValueError, match=rf"policy loss '{name}' needs the batch field 'answer'"):
             check_declarations(get_est("grpo"), name)
