@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 
 import numpy as np
 import pytest
@@ -338,3 +339,19 @@ def test_other_losses_are_untouched_by_the_wrappers(trainer_module):
     want, _ = policy_loss("ppo_clip", policy.lp.detach(), policy.old, batch.batch["advantages"], mask,
                           agg="token-mean", respect_agg=True)
     torch.testing.assert_close(torch.tensor(sum(worker.losses)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_loss_bound_by_name_before_the_patch_is_rebound(monkeypatch):
+    """verl.workers.engine_workers does ``from verl.workers.utils.losses import ppo_loss``; if it
+    was imported before the plug-in, its name is rebound to the wrapper too."""
+    import sys
+
+    wrapped = verl_losses.ppo_loss
+    original = wrapped.__wrapped__
+    early = types.ModuleType(f"fake_engine_workers_{os.getpid()}")
+    early.ppo_loss = original
+    monkeypatch.setitem(sys.modules, early.__name__, early)
+    monkeypatch.setattr(verl_losses, "ppo_loss", original)
+    gv._wrap_ppo_loss(verl_losses)
+    assert getattr(verl_losses.ppo_loss, "_grouprl_passthrough", False)
+    assert early.ppo_loss is verl_losses.ppo_loss
