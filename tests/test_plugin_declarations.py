@@ -167,7 +167,7 @@ def test_every_loss_runs_under_verls_call_and_equals_the_direct_call(name):
     if name in FROM_MODEL_OUTPUT:
         ent = torch.rand(mask.shape, generator=torch.Generator().manual_seed(5)) * 2
         extra["token_entropy"] = kw["token_entropy"] = ent
-    loss, metrics = _verl_loss_call(name, old, lp, adv, mask, **extra)
+    loss, _ = _verl_loss_call(name, old, lp, adv, mask, **extra)
     want, _ = policy_loss(name, lp, old, direct_adv, mask, agg="token-mean", **kw)
     torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-7)
 

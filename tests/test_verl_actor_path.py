@@ -16,6 +16,7 @@ No Ray, no FSDP, no HF model, no GPU.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import types
 
@@ -148,9 +149,9 @@ class Worker:
     micro-batches and normalisers, around verl's own ppo_loss bound as its worker binds it."""
 
     def __init__(self, actor_config: ActorConfig, policy: Policy, max_token_len: int = 14) -> None:
-        namespace: dict = {}
-        exec("from verl.workers.utils.losses import ppo_loss", namespace)  # as engine_workers imports it
-        self.loss_fn = functools.partial(namespace["ppo_loss"], config=actor_config)
+        from verl.workers.utils.losses import ppo_loss  # as verl.workers.engine_workers imports it
+
+        self.loss_fn = functools.partial(ppo_loss, config=actor_config)  # as its actor worker binds it
         self.policy, self.max_token_len = policy, max_token_len
         self.micro_rows: list[list[int]] = []
         self.batch_num_tokens: list[int] = []
@@ -225,7 +226,7 @@ def test_copo_through_verls_actor_path_equals_grouprls_copo_loss(trainer_module,
     batch = step_batch()
     cfg = config("grouprl.copo", adv_estimator, hparams)
     policy, worker, out = run_update(trainer_module, cfg, actor_config("grouprl.copo"), batch)
-    assert len(worker.micro_rows) >= 3 and sorted(sum(worker.micro_rows, [])) == list(range(B))
+    assert len(worker.micro_rows) >= 3 and sorted(itertools.chain(*worker.micro_rows)) == list(range(B))
     assert worker.micro_rows[0] != list(range(len(worker.micro_rows[0])))  # shuffled: not the trivial split
 
     mask = batch.batch["response_mask"].bool()

@@ -561,10 +561,11 @@ def _stored_loss_inputs(name: str, data: Any, like: Tensor) -> tuple[Tensor, dic
     meta = _meta(data)
     if meta is None:
         needs = LOSSES[name].needs
+        source = (f" from the DataProto field(s) {', '.join(map(repr, needs))} (non_tensor_batch[{needs[0]!r}], one "
+                  "value per row)" if needs else "")
         raise ValueError(
-            f"{who} needs per-step inputs that its declared inputs hook computes over the step's whole batch from "
-            f"the DataProto field(s) {', '.join(map(repr, needs))} (non_tensor_batch[{needs[0]!r}], one value per "
-            "row), but this call has none: verl's actor passes a policy loss only old_log_prob, log_prob, "
+            f"{who} needs per-step inputs that its declared inputs hook computes over the step's whole batch{source}, "
+            "but this call has none: verl's actor passes a policy loss only old_log_prob, log_prob, "
             "advantages, response_mask, loss_agg_mode, config and rollout_is_weights. Import "
             "grouprl.integrations.verl_plugin in the driver and the workers (VERL_USE_EXTERNAL_MODULES) and use "
             "verl's legacy trainer (trainer.use_v1=False; its v1 trainer drops extra fields before the actor): "
