@@ -2,15 +2,23 @@
 
 What runs is verl's own code from the legacy trainer's ``_update_actor`` on: ``DataProto.to_tensordict``,
 ``left_right_2_no_padding``, ``tensordict_utils.make_iterator`` (shuffled mini-batches),
-``prepare_micro_batches`` (dynamic, uneven micro-batches), and ``verl.workers.utils.losses.ppo_loss``
-called as verl's engine calls its loss function (``loss_function(model_output=, data=micro_batch,
-dp_group=)``, with ``functools.partial(ppo_loss, config=actor_config)`` bound as verl's actor worker
-binds it), with a backward per micro-batch. Three pieces are stand-ins: ``RayPPOTrainer._update_actor``
-(the lines of verl's legacy one that build the TensorDict; importing ``verl.trainer.ppo.ray_trainer``
-needs torchdata, cachetools, uvicorn, fastapi and more), the worker loop around the engine
-(``train_mini_batch`` / ``forward_backward_batch`` without torch.distributed), and the model: its
-output is a leaf tensor of per-token log-probs (and entropies) in verl's nested no-padding layout.
-No Ray, no FSDP, no HF model, no GPU.
+``prepare_micro_batches`` (dynamic, uneven micro-batches, or fixed-size ones), and
+``verl.workers.utils.losses.ppo_loss`` called as verl's engine calls its loss function
+(``loss_function(model_output=, data=micro_batch, dp_group=)``, with ``functools.partial(ppo_loss,
+config=actor_config)`` bound as verl's actor worker binds it), with a backward per micro-batch.
+Two stages:
+
+* a stand-in model (a leaf tensor of per-token log-probs and entropies in verl's nested
+  no-padding layout), which lets the tests compare losses and gradients exactly;
+* verl's ``FSDPEngineWithLMHead.forward_backward_batch`` and ``forward_step`` (its
+  ``prepare_model_inputs`` / ``prepare_model_outputs``, log-probs and entropies from the logits)
+  around a tiny Qwen2 built from a config, in a one-process gloo group, without FSDP wrapping
+  (``use_remove_padding=False``; the device query is redirected to the CPU).
+
+Stand-ins: ``RayPPOTrainer._update_actor`` (the lines of verl's legacy one that build the actor's
+TensorDict; importing ``verl.trainer.ppo.ray_trainer`` needs torchdata, cachetools, uvicorn, fastapi
+and more) and the worker loop around the engine (``TrainingWorker.train_mini_batch``: its iterator
+and per-mini-batch keys). No Ray, no FSDP sharding, no optimizer step, no GPU.
 """
 
 from __future__ import annotations
@@ -61,6 +69,8 @@ class RayPPOTrainer:
         self.actor_rollout_wg = actor_rollout_wg
 
     def _update_actor(self, batch):
+        batch.meta_info["multi_turn"] = False
+        batch.meta_info["temperature"] = 1.0
         batch_td = batch.to_tensordict()
         batch_td = left_right_2_no_padding(batch_td)
         calculate_entropy = self.config.actor_rollout_ref.actor.calculate_entropy or (
@@ -356,3 +366,162 @@ def test_ppo_loss_bound_by_name_before_the_patch_is_rebound(monkeypatch):
     gv._wrap_ppo_loss(verl_losses)
     assert getattr(verl_losses.ppo_loss, "_grouprl_passthrough", False)
     assert early.ppo_loss is verl_losses.ppo_loss
+
+
+# ------------------------------------------- verl's engine forward/backward with a tiny HF model
+def tiny_hf_model():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                      bos_token_id=1, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(cfg).float()
+
+
+@pytest.fixture
+def engine(tmp_path, monkeypatch):
+    """verl's FSDPEngineWithLMHead without FSDP: its own forward_backward_batch, forward_step and
+    prepare_model_inputs/outputs (no-padding data, use_remove_padding=False) around a tiny Qwen2 on
+    the CPU, in a one-process gloo group. Only the device query is redirected to the CPU."""
+    require("transformers")
+    import torch.distributed as dist
+    import verl.utils.torch_functional as verl_F
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    monkeypatch.setattr(impl, "get_device_id", lambda: "cpu")
+    monkeypatch.setattr(impl, "get_device_name", lambda: "cpu")
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    eng = object.__new__(impl.FSDPEngineWithLMHead)
+    eng.module = tiny_hf_model()
+    eng._autocast_dtype = torch.float32
+    eng.pad_to_length, eng.use_ulysses_sp, eng.ulysses_sequence_parallel_size, eng.scaler = 0, False, 1, None
+    eng.engine_config = types.SimpleNamespace(entropy_checkpointing=False, entropy_from_logits_with_chunking=False,
+                                              use_no_sync_for_gradient_accumulation=True)
+    eng.compute_entropy_from_logits = verl_F.entropy_from_logits
+    eng.get_data_parallel_group = lambda: None
+    eng.get_data_parallel_size = lambda: 1
+    yield eng
+    if created:
+        dist.destroy_process_group()
+
+
+class EngineWorker:
+    """Stand-in for verl's TrainingWorker.train_mini_batch: its iterator and per-mini-batch keys
+    around verl's own engine.forward_backward_batch; records each micro-batch's rows."""
+
+    def __init__(self, engine, actor_config: ActorConfig, dynamic: bool) -> None:
+        from verl.workers.utils.losses import ppo_loss
+
+        self.engine, self.dynamic = engine, dynamic
+        self.loss_fn = functools.partial(ppo_loss, config=actor_config)
+        self.micro_rows: list[list[int]] = []
+        self.losses: list[float] = []
+
+    def recording_loss(self, model_output, data, dp_group=None):
+        self.micro_rows.append(data["row_id"].long().tolist())
+        loss, metrics = self.loss_fn(model_output=model_output, data=data, dp_group=dp_group)
+        self.losses.append(float(loss.detach()))
+        return loss, metrics
+
+    def update_actor(self, data):
+        mini = tu.pop(data, key="mini_batch_size", default=None)
+        kwargs = tu.pop(data, key="dataloader_kwargs", default={})
+        it = tu.make_iterator(data, mini_batch_size=mini, epochs=tu.pop(data, key="epochs", default=1),
+                              seed=tu.pop(data, key="seed", default=42), dataloader_kwargs=kwargs)
+        for mb in it:
+            tu.assign_non_tensor(mb, use_remove_padding=False, use_dynamic_bsz=self.dynamic, max_token_len_per_gpu=14,
+                                 micro_batch_size_per_gpu=2, use_fused_kernels=False)
+            self.engine.forward_backward_batch(mb, loss_function=self.recording_loss, forward_only=False)
+        return {}
+
+
+def model_logprobs(model, batch):
+    """The tiny model's response log-probs and entropies (B, T), one ordinary padded forward."""
+    ids, attn = batch.batch["input_ids"], batch.batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(1) - 1).clamp_min(0)).logits
+    logits = logits[:, P - 1: P + T - 1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    lp = logp.gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return lp, ent
+
+
+def engine_batch(model, answer=True):
+    batch = step_batch(answer)
+    with torch.no_grad():
+        lp, _ = model_logprobs(model, batch)
+    mask = batch.batch["response_mask"]
+    noise = 0.3 * torch.randn(B, T, generator=torch.Generator().manual_seed(7))
+    batch.batch["old_log_probs"] = (lp + noise) * mask  # off-policy enough for some ratios to clip
+    return batch
+
+
+def grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_copo_through_verls_engine_with_a_tiny_model_equals_grouprls_copo_loss(trainer_module, engine, dynamic):
+    """verl's engine computes the log-probs from the tiny model, splits the shuffled batch into
+    micro-batches and back-propagates verl's ppo_loss with grouprl.copo: the accumulated gradient
+    equals that of grouprl's copo loss on the whole batch (one ordinary forward)."""
+    model = engine.module
+    batch = engine_batch(model)
+    worker = EngineWorker(engine, actor_config("grouprl.copo"), dynamic)
+    trainer_module.RayPPOTrainer(config("grouprl.copo"), worker)._update_actor(batch)
+    assert len(worker.micro_rows) >= 3 and sorted(itertools.chain(*worker.micro_rows)) == list(range(B))
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    mask = batch.batch["response_mask"].bool()
+    rows = Rollouts(rewards=SCORE, group=batch.non_tensor_batch["uid"], mask=mask, answer=torch.as_tensor(ANSWER))
+    t = copo_terms(rows)
+    lp, _ = model_logprobs(model, batch)
+    want, _ = policy_loss("copo", lp, batch.batch["old_log_probs"], t.local.float().unsqueeze(1) * mask, mask,
+                          agg="token-mean", respect_agg=True, global_advantages=t.global_.float(),
+                          blend_weight=t.weight.float(), global_loss_coef=t.global_coef)
+    want.backward()
+    torch.testing.assert_close(torch.tensor(sum(worker.losses)), want.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got, grads(model), rtol=1e-3, atol=1e-6)
+    assert float(got.abs().sum()) > 0
+
+
+def test_hapo_through_verls_engine_with_a_tiny_model_uses_the_models_entropies(trainer_module, engine):
+    """verl's engine computes the entropies from the tiny model's logits (calculate_entropy=True);
+    the accumulated gradient equals that of grouprl's hapo loss on the same micro-batches with the
+    model's entropies (computed here from one ordinary forward)."""
+    model = engine.module
+    batch = engine_batch(model)
+    worker = EngineWorker(engine, actor_config("grouprl.hapo", calculate_entropy=True), dynamic=False)
+    trainer_module.RayPPOTrainer(config("grouprl.hapo", calculate_entropy=True), worker)._update_actor(batch)
+    got = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    mask = batch.batch["response_mask"].bool()
+    lp, ent = model_logprobs(model, batch)
+    n_tokens = int(mask.sum())
+
+    def hapo_sum(entropy):
+        total = torch.zeros(())
+        for rows in worker.micro_rows:
+            r = torch.tensor(rows)
+            loss, _ = policy_loss("hapo", lp[r], batch.batch["old_log_probs"][r], batch.batch["advantages"][r],
+                                  mask[r], agg="token-mean", num_tokens=n_tokens, token_entropy=entropy[r],
+                                  respect_agg=True)
+            total = total + loss
+        return total
+
+    other = hapo_sum(ent.detach().flip(1))  # other entropies give another gradient: the check can fail
+    other.backward(retain_graph=True)
+    g_other = grads(model)
+    model.zero_grad(set_to_none=True)
+    assert float((g_other - got).abs().max()) > 1e-3
+    total = hapo_sum(ent.detach())
+    total.backward()
+    torch.testing.assert_close(torch.tensor(sum(worker.losses)), total.detach(), rtol=1e-4, atol=1e-6)
+    # float32: verl's entropy_from_logits and the log-softmax here differ in the last bits
+    torch.testing.assert_close(got, grads(model), rtol=1e-3, atol=1e-5)
+    assert float(got.abs().sum()) > 0
