@@ -261,13 +261,26 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         mask: Tensor,
     ) -> Tensor:
         """grouprl advantages (B, T) float32 for the gathered batch: rewards = weighted nansum over
-        reward functions; rows where every function returned None get 0 and are left out."""
+        reward functions; rows where every function returned None get 0 and are left out. With a
+        loss that declares an ``inputs`` hook, the hook's advantages, and its per-row inputs kept
+        for ``_compute_loss``."""
         weights = self.reward_weights.to(rewards_per_func.device)
         scorable = ~torch.isnan(rewards_per_func).all(dim=1)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         B, T = mask.shape
         out = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
+        self._grouprl_row_kwargs, self._grouprl_hook_kwargs = {}, {}
+        hook = None
+        if self.grouprl_loss is not None:
+            from ..losses import LOSSES
+
+            hook = LOSSES[self.grouprl_loss].inputs
         if not bool(scorable.any()):
+            if hook is not None:
+                raise ValueError(
+                    f"GroupRLGRPOTrainer: every reward function returned None for every completion of this "
+                    f"generation batch; the inputs hook of loss {self.grouprl_loss!r} needs scored rows."
+                )
             return out
         rows = scorable.nonzero().squeeze(1)
         kw: dict[str, Any] = {
@@ -282,19 +295,13 @@ class GroupRLGRPOTrainer(GRPOTrainer):
             kw[name] = [values[i] for i in picked]
         batch = Rollouts(**kw)
         self._grouprl_last = {k: v for k, v in group_diagnostics(batch).items()}
-        hook = None
-        if self.grouprl_loss is not None:
-            from ..losses import LOSSES
-
-            hook = LOSSES[self.grouprl_loss].inputs
         if hook is None:
             out[rows] = self.grouprl_estimator(batch).to(out.device)
             return out
         # the loss's declared once-per-step inputs: its advantages replace the estimator's;
-        # unscorable rows get zeros (a zero loss)
+        # unscorable rows get zeros (COPO: a zero loss)
         li = hook(batch, **hook_hparams(self.grouprl_estimator, self.grouprl_loss))
         out[rows] = li.advantages.to(device=out.device, dtype=out.dtype)
-        self._grouprl_row_kwargs = {}
         for k, v in li.row_kwargs.items():
             full = torch.zeros(B, dtype=torch.float32, device=mask.device)
             full[rows] = v.to(device=mask.device, dtype=torch.float32)
