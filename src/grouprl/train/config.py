@@ -19,7 +19,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Iterable, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -342,9 +342,14 @@ class TrainConfig(BaseModel):
         check_method_config(self)  # reward components / reward models and estimator hyperparameters
         return self
 
-    def compat_hash(self) -> str:
-        """Hash of the fields that a resumed run must share with the original (all but RESUMABLE_FIELDS)."""
-        d = {k: v for k, v in self.model_dump().items() if k not in RESUMABLE_FIELDS}
+    def compat_hash(self, fields: Iterable[str] | None = None) -> str:
+        """Hash of the fields that a resumed run must share with the original (all but RESUMABLE_FIELDS).
+
+        ``fields`` restricts it to the fields a run of an older version had (the keys of its
+        config.yaml): a field added since takes its default in the resumed config and is checked
+        against that default by :func:`grouprl.train.rundir.check_resume`, not by the hash."""
+        keep = None if fields is None else set(fields)
+        d = {k: v for k, v in self.model_dump().items() if k not in RESUMABLE_FIELDS and (keep is None or k in keep)}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

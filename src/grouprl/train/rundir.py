@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 from .._osutil import LockHeld, exclusive_lock, release_lock, remove_stale_temps, write_text_atomic
+from .checkpoint import CheckpointError
 from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config, config_yaml, flatten_sections
 
-__all__ = ["prepare_run_dir", "resume_config", "current_run"]
+__all__ = ["prepare_run_dir", "resume_config", "current_run", "check_resume", "resume_state"]
 
 
 class _Run:
@@ -136,3 +137,29 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
 def current_run() -> "_Run | None":
     """The record of the run :func:`grouprl.train.run.train` is setting up (None outside it)."""
     return _RUN.get()
+
+
+def resume_state(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint records of its config: the hash and the names of the fields it covers."""
+    return {"config_hash": cfg.compat_hash(), "config_fields": sorted(TrainConfig.model_fields)}
+
+
+def check_resume(cfg: TrainConfig, state: dict[str, Any], ckpt: Path, run_dir: Path) -> None:
+    """Refuse to resume checkpoint ``ckpt`` with a config that would change the run's trajectory.
+
+    The checkpoint's hash covers the fields its version had (``config_fields``; a checkpoint written
+    before that record covers the keys of the run's config.yaml, which every version writes in full).
+    A field added since must hold its default, which the resumed config gives it (the run's
+    config.yaml lacks it): then the old run resumes. A differing value is refused, naming the fields."""
+    fields = state.get("config_fields")
+    if fields is None:
+        fields = list(_read_saved_config(run_dir / "config.yaml"))
+    new = sorted(f for f in TrainConfig.model_fields if f not in set(fields) and f not in RESUMABLE_FIELDS
+                 and getattr(cfg, f) != TrainConfig.model_fields[f].get_default(call_default_factory=True))
+    if new:
+        raise CheckpointError(f"checkpoint {ckpt} predates the field(s) {', '.join(new)}, which this config sets "
+                              "away from their default; resume without them, or start a new run.")
+    if state["config_hash"] != cfg.compat_hash(fields):
+        raise CheckpointError(
+            f"checkpoint {ckpt} was written by a run with a different config (hash {state['config_hash']} vs "
+            f"{cfg.compat_hash(fields)}); resume with the run's own config.yaml or start a new run.")
