@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from grouprl import Rollouts, compute_advantages
-from grouprl.core import factorize, group_stats
+from grouprl.core import cap_per_group, factorize, group_stats
 
 
 def ones(b, t=3):
@@ -203,3 +203,22 @@ def test_diagnostics_count_singletons_and_dead_groups():
     assert info["num_groups"].item() == 3
     assert info["num_singleton_groups"].item() == 1
     assert info["num_constant_groups"].item() == 2
+
+
+def test_cap_per_group():
+    """SPO-tree's edge cap: at most k of the kept rows per group, a different random subset per seed."""
+    keep = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    seen = torch.zeros(10)
+    for s in range(40):
+        out = cap_per_group(keep, group, 2, torch.Generator().manual_seed(s))
+        assert not bool((out & ~keep).any())
+        counts = torch.zeros(3, dtype=torch.int64).index_add_(0, group, out.long())
+        assert counts.tolist() == [2, 1, 2]
+        seen += out
+    assert bool((seen[keep] > 0).all())  # every kept row is chosen sometimes: a random subset
+    assert cap_per_group(keep, group, 0).sum() == 0 and torch.equal(cap_per_group(keep, group, 4), keep)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        cap_per_group(keep, group[:3], 2)
+    with pytest.raises(ValueError, match="k >= 0"):
+        cap_per_group(keep, group, -1)
