@@ -353,24 +353,6 @@ def test_registered_with_paper_doc_and_runnable_example(name):
     assert torch.isfinite(out).all() and bool((out != 0).any())
 
 
-# ------------------------------------------------------------------ the loop-free scan itself
-@pytest.mark.parametrize("T", [1, 5, 32, 33, 100, 1100])
-@pytest.mark.parametrize("d", [0.0, 0.5, 0.9405, 1.0])
-def test_discounted_suffix_sum_matches_the_recurrence(T, d):
-    from grouprl.advantages._returns import discounted_suffix_sum
-
-    x = torch.randn(3, T, generator=torch.Generator().manual_seed(T))
-    expected = torch.zeros(3, T, dtype=torch.float64)
-    run = torch.zeros(3, dtype=torch.float64)
-    for t in reversed(range(T)):
-        run = x[:, t].double() + d * run
-        expected[:, t] = run
-    got = discounted_suffix_sum(x, d)
-    assert got.shape == x.shape
-    assert (got.double() - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
-    assert torch.allclose(discounted_suffix_sum(x, d, sign=-1.0), -got)
-
-
 @pytest.mark.parametrize("gaps", [False, True])
 def test_row_blocks_do_not_change_the_result(gaps):
     """Blocks of rows (cache-sized) combine their whitening statistics exactly."""

@@ -3,8 +3,9 @@
 
 from .batch import Rollouts
 from .groups import GroupStats, cap_per_group, factorize, group_stats
-from .masked import broadcast, masked_mean, masked_sum, masked_whiten, reverse_discounted_cumsum
+from .masked import broadcast, masked_mean, masked_sum, masked_whiten
 from .registry import Registry, UnknownName, suggest
+from .scan import reverse_discounted_cumsum
 
 __all__ = [
     "Rollouts",

@@ -14,7 +14,8 @@ them (TRL issue #4525). The subclass overrides three methods and nothing else:
   advantage 0 and are left out of the group statistics, as in TRL;
 * ``_compute_loss`` (only when ``loss=`` is given): the per-token log-probs and entropies from
   TRL's helper, then ``grouprl.losses.policy_loss`` with TRL's normalisers, KL (``beta``, k3) and
-  rollout importance weights (vLLM).
+  rollout importance weights (TRL's vLLM ``importance_sampling_ratio``; grouprl's own truncated
+  weights are ``grouprl.losses.rollout_is_weights``, importable for a custom loss).
 
 Groups: ``group_by="block"`` (default) = contiguous blocks of ``num_generations`` rows, TRL's own
 layout; ``group_by="prompt"`` = rows with the same prompt (so a prompt that appears twice in a
