@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from grouprl import Rollouts, compute_advantages
-from grouprl.core import cap_per_group, factorize, group_stats, reverse_discounted_cumsum
+from grouprl.core import (
+    cap_per_group,
+    factorize,
+    group_stats,
+    reverse_discounted_cumsum,
+)
 
 
 def ones(b, t=3):

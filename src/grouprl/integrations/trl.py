@@ -36,9 +36,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..advantages import ESTIMATORS, Estimator, group_diagnostics
-from ..advantages import get as get_estimator
-from ..advantages import parse as parse_estimator
+from ..advantages import Estimator, group_diagnostics
+from ..advantages import resolve
 from ..core import Rollouts
 
 from trl import GRPOTrainer  # noqa: E402  (this module is the TRL adapter)
@@ -62,16 +61,9 @@ _FORWARD_KEYS = (
 
 
 def resolve_estimator(estimator: str | Estimator, hparams: dict[str, Any] | None = None) -> Estimator:
-    """An Estimator from a registered name, an expression (``"0.7*grpo + 0.3*rloo | whiten"``)
-    or an Estimator (then ``hparams`` must be empty)."""
-    hparams = dict(hparams or {})
-    if isinstance(estimator, Estimator):
-        if hparams:
-            raise ValueError("estimator_hparams: bind hyperparameters with grouprl.advantages.get(name, **hp).")
-        return estimator
-    if not isinstance(estimator, str):
-        raise TypeError(f"estimator must be a name, an expression or an Estimator, got {type(estimator).__name__}")
-    return get_estimator(estimator, **hparams) if estimator in ESTIMATORS else parse_estimator(estimator, **hparams)
+    """``grouprl.advantages.resolve`` with the trainer's ``estimator_hparams`` dict (a name, an
+    expression such as ``"0.7*grpo + 0.3*rloo | whiten"``, or an Estimator with no hparams)."""
+    return resolve(estimator, **dict(hparams or {}))
 
 
 # The batch fields this adapter builds for an estimator (from TRL's rewards, completion masks and

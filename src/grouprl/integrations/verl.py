@@ -80,8 +80,7 @@ import torch
 from torch import Tensor
 
 from ..advantages import ESTIMATORS, Estimator
-from ..advantages import get as get_estimator
-from ..advantages import parse as parse_estimator
+from ..advantages import resolve as resolve_estimator
 from ..core import Rollouts
 from ..core.batch import ROW_FIELDS, TOKEN_FIELDS
 
@@ -171,26 +170,24 @@ def grouprl_section(config: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ estimators
-def _resolve(name: str | None, config: Any) -> tuple[Estimator, dict[str, Any]]:
-    """The grouprl Estimator for verl estimator ``name`` (None = the expression in the config)."""
+def _estimator_from_config(name: str | None, config: Any) -> tuple[Estimator, dict[str, Any]]:
+    """The grouprl Estimator for verl estimator ``name`` (None = the expression in the config), with
+    the hyperparameters of ``algorithm.grouprl.hparams`` and verl's discounts; the name or expression
+    is resolved by ``grouprl.advantages.resolve``."""
     sec = grouprl_section(config)
     hparams = dict(sec.get("hparams") or {})
+    spec = name
     if name is None:
-        expr = sec.get("expr")
-        if not expr:
+        spec = sec.get("expr")
+        if not spec:
             raise ValueError(
                 f"adv_estimator={PREFIX}{EXPR_NAME} needs algorithm.grouprl.expr, e.g. "
                 "'0.7*grpo + 0.3*rloo | whiten'."
             )
-        accepted: set[str] = set()
-        est = parse_estimator(str(expr))
-        for _, info, _ in est.terms:
-            accepted.update(info.defaults)
-        _add_discounts(hparams, accepted, config)
-        return parse_estimator(str(expr), **hparams), hparams
-    info = ESTIMATORS[name]
-    _add_discounts(hparams, set(info.defaults), config)
-    return get_estimator(name, **hparams), hparams
+        spec = str(spec)
+    accepted = {p for _, info, _ in resolve_estimator(spec).terms for p in info.defaults}
+    _add_discounts(hparams, accepted, config)
+    return resolve_estimator(spec, **hparams), hparams
 
 
 def _add_discounts(hparams: dict[str, Any], accepted: set[str], config: Any) -> None:
@@ -317,7 +314,7 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
         grouprl_data: Any = None,
         **unused: Any,
     ) -> tuple[Tensor, Tensor]:
-        est, hparams = _resolve(name, config)
+        est, hparams = _estimator_from_config(name, config)
         needs = est.needs
         if index is None and any(i.level != "token" for _, i, _ in est.terms):
             raise ValueError(

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..advantages.spo import (PROB_THRESHOLD, check_tree_adv_method, spo_prob_mask, spo_segment_ids, spo_segment_starts,
                              spo_tree_advantages)
 from ..advantages.registry import ESTIMATORS, TRAITS
-from ..advantages.registry import parse as parse_estimator
+from ..advantages.registry import resolve as resolve_estimator
 from ..advantages.value_targets import value_targets
 from ..core import Registry, Rollouts, cap_per_group
 from ..losses import normalizers, value_loss
@@ -78,7 +78,7 @@ class Credit:
         """Config-load check (ValueError naming the field and the fix): the estimator declares
         ``estimator_traits`` in every term. (``credit_kwargs`` are checked against this hook's
         keywords with the other keyword dicts: ``config_checks.checked_keywords``.)"""
-        have = parse_estimator(cfg.estimator).traits
+        have = resolve_estimator(cfg.estimator).traits
         for trait in cls.estimator_traits:
             if trait not in have:
                 fits = [n for n, info in ESTIMATORS.items() if trait in info.traits]
@@ -311,7 +311,7 @@ class CriticCredit(Credit):
         self.critic = ValueModel(model).train()
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=lr)
         self.epochs, self.clip_range, self.gamma, self.lam = int(epochs), clip_range, float(gamma), float(critic_lam)
-        bootstraps = BOOTSTRAPS_TRUNCATED in parse_estimator(cfg.estimator).any_traits
+        bootstraps = BOOTSTRAPS_TRUNCATED in resolve_estimator(cfg.estimator).any_traits
         self.finished_only = bootstraps if finished_only is None else bool(finished_only)
         self.update_every = max(1, int(update_every))
         self._steps = 0
