@@ -104,7 +104,7 @@ class MethodHooks:
     """The method-specific steps of one training run (see the module docstring)."""
 
     def __init__(self, cfg: Any, task: Any, score_fns: Sequence[Callable[[list, list[str]], Tensor]] = ()) -> None:
-        from ..losses.confucius3 import TargetedEntropyRegularizer
+        from ..losses.ter import TargetedEntropyRegularizer
 
         self.cfg = cfg
         self.task = task
