@@ -5,7 +5,7 @@
 GAE, arXiv:1506.02438 (Section 3 for Â, Section 5 for fitting V to such targets), as verl's
 ``compute_gae_advantage_return``. T-PPO (arXiv:2506.15050) trains the critic on finished responses
 only, with Monte-Carlo targets, and bootstraps the truncated ones with EGAE: ``finished_only=True``
-(the token filter is the spec's **proposed reading**; the paper's equations are not public).
+(the token filter is a **proposed reading**; the paper's equations are not public).
 """
 
 from __future__ import annotations

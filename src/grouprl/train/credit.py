@@ -385,7 +385,7 @@ class TppoCredit(CriticCredit):
       evaluation, which generates whole responses, not one window). A response that reaches it
       without EOS is finished there: it leaves the pool, EGAE gives it its verifier reward (the
       score of its text as it stands) at its last token with terminal value 0, and it trains the
-      critic. The spec is silent on over-long responses; this is a proposed reading (otherwise
+      critic. T-PPO (arXiv:2506.15050) is silent on over-long responses; this is a proposed reading (otherwise
       they would never be rewarded).
 
     The critic (``CriticCredit`` options) is updated as the paper's dual update states it: only on
