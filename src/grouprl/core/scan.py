@@ -4,6 +4,8 @@ advantage and reward-to-go in grouprl."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -12,12 +14,17 @@ __all__ = ["reverse_discounted_cumsum"]
 _CHUNK = 32  # within-chunk scan as a (C, C) matmul; the chunk carries recurse on (B, T / C)
 
 
-def _suffix_matrix(d: float, n: int, sign: float, dtype, device) -> Tensor:
-    """M[s, t] = sign·d^(s − t) for s >= t, else 0: (x @ M)[t] = sign·Σ_{s≥t} d^(s−t) x_s."""
+@functools.lru_cache(maxsize=256)
+def _suffix_matrix64(d: float, n: int, sign: float) -> Tensor:
+    """M[s, t] = sign·d^(s − t) for s >= t, else 0 (float64, CPU; cached: callers never write to it)."""
     i = torch.arange(n, dtype=torch.float64)
     e = i.unsqueeze(1) - i.unsqueeze(0)
-    m = torch.where(e >= 0, sign * d ** e.clamp_min(0), torch.zeros((), dtype=torch.float64))
-    return m.to(dtype=dtype, device=device)
+    return torch.where(e >= 0, sign * d ** e.clamp_min(0), torch.zeros((), dtype=torch.float64))
+
+
+def _suffix_matrix(d: float, n: int, sign: float, dtype, device) -> Tensor:
+    """M[s, t] = sign·d^(s − t) for s >= t, else 0: (x @ M)[t] = sign·Σ_{s≥t} d^(s−t) x_s."""
+    return _suffix_matrix64(float(d), int(n), float(sign)).to(dtype=dtype, device=device)
 
 
 def _suffix_matrix_rows(d: Tensor, n: int, sign: float, dtype) -> Tensor:
@@ -42,7 +49,7 @@ def reverse_discounted_cumsum(
     matrix of powers d^(s−t); the value entering each chunk from the right is itself a discounted
     suffix sum (discount d^C) over the chunk heads, solved by recursion (depth log_C T). Only
     non-negative powers of d appear, so any d in [0, 1] is exact to rounding in ``x``'s dtype
-    (float64 in, float64 out). ``out``: a contiguous tensor shaped like ``x`` to write into (used when
+    (float64 in, float64 out); d = 1 is one reversed ``cumsum``. ``out``: a contiguous tensor shaped like ``x`` to write into (used when
     T is a multiple of ``chunk``). ``d`` may be a (B,) tensor for a 2-D ``x`` (B, T): one discount
     per row (batched matmuls).
     """
@@ -51,6 +58,10 @@ def reverse_discounted_cumsum(
             raise ValueError(f"reverse_discounted_cumsum: per-row d has shape {tuple(d.shape)}; expected ({x.shape[0]},) "
                              f"for x of shape {tuple(x.shape)}.")
         y = _suffix_sum_rows(x, d.to(x.device), sign, chunk)
+        return y if out is None else out.copy_(y)
+    if d == 1.0:  # the plain suffix sum (return-to-go): one O(T) cumsum instead of the matmuls
+        y = x.flip(-1).cumsum(-1).flip(-1)
+        y = y if sign == 1.0 else y.mul_(sign)
         return y if out is None else out.copy_(y)
     T = x.shape[-1]
     if T <= chunk:
