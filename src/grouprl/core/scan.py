@@ -49,7 +49,7 @@ def reverse_discounted_cumsum(
     matrix of powers d^(s−t); the value entering each chunk from the right is itself a discounted
     suffix sum (discount d^C) over the chunk heads, solved by recursion (depth log_C T). Only
     non-negative powers of d appear, so any d in [0, 1] is exact to rounding in ``x``'s dtype
-    (float64 in, float64 out); d = 1 is one reversed ``cumsum``. ``out``: a contiguous tensor shaped like ``x`` to write into (used when
+    (float64 in, float64 out). ``out``: a contiguous tensor shaped like ``x`` to write into (used when
     T is a multiple of ``chunk``). ``d`` may be a (B,) tensor for a 2-D ``x`` (B, T): one discount
     per row (batched matmuls).
     """
@@ -58,10 +58,6 @@ def reverse_discounted_cumsum(
             raise ValueError(f"reverse_discounted_cumsum: per-row d has shape {tuple(d.shape)}; expected ({x.shape[0]},) "
                              f"for x of shape {tuple(x.shape)}.")
         y = _suffix_sum_rows(x, d.to(x.device), sign, chunk)
-        return y if out is None else out.copy_(y)
-    if d == 1.0:  # the plain suffix sum (return-to-go): one O(T) cumsum instead of the matmuls
-        y = x.flip(-1).cumsum(-1).flip(-1)
-        y = y if sign == 1.0 else y.mul_(sign)
         return y if out is None else out.copy_(y)
     T = x.shape[-1]
     if T <= chunk:
