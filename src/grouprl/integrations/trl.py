@@ -36,8 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..advantages import Estimator, group_diagnostics
-from ..advantages import resolve
+from ..advantages import Estimator, group_diagnostics, resolve
 from ..core import Rollouts
 
 from trl import GRPOTrainer  # noqa: E402  (this module is the TRL adapter)

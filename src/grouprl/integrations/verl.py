@@ -52,9 +52,9 @@ rollout_is_weights) -> (loss, metrics)``; the aggregation uses verl's global cou
 times ``dp_size``) so the objective matches verl's aggregation modes; metrics become Python floats
 here, at the boundary (grouprl keeps them as tensors). Loss hyperparameters come from the actor
 fields that verl's counterpart of the loss reads (``VERL_ACTOR_FIELDS``) and from the JSON in
-``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys). ``rollout_is_weights`` are verl's own
-(its ``rollout_is`` option); ``grouprl.losses.rollout_is_weights`` computes the same truncated
-weights from two log-prob tensors where a user wants grouprl's.
+``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys). ``rollout_is_weights``
+are verl's own (its ``rollout_is`` option); ``grouprl.losses.rollout_is_weights`` computes the same
+truncated weights from two log-prob tensors where a user wants grouprl's.
 
 A loss that declares an ``inputs`` hook (``LossInfo.inputs``, with its ``needs``; COPO) also takes
 the keyword ``grouprl_data``: the DataProto (or TensorDict / mapping) of the same rows, holding
