@@ -1,6 +1,6 @@
-"""ReAd: sequential (HAPPO-style) multi-agent advantage from a critic's prefix values (read.md).
+"""ReAd: sequential (HAPPO-style) multi-agent advantage from a critic's prefix values, arXiv:2405.14314.
 
-Spec confidence is medium: the formulas are recalled from the paper and not verified against its
+Confidence in this reading is medium: the formulas are recalled from the paper and not verified against its
 full text; the refinement threshold ε and the exact Monte Carlo target are not specified.
 """
 

@@ -14,7 +14,8 @@ them (TRL issue #4525). The subclass overrides three methods and nothing else:
   advantage 0 and are left out of the group statistics, as in TRL;
 * ``_compute_loss`` (only when ``loss=`` is given): the per-token log-probs and entropies from
   TRL's helper, then ``grouprl.losses.policy_loss`` with TRL's normalisers, KL (``beta``, k3) and
-  rollout importance weights (vLLM).
+  rollout importance weights (TRL's vLLM ``importance_sampling_ratio``; grouprl's own truncated
+  weights are ``grouprl.losses.rollout_is_weights``, importable for a custom loss).
 
 Inputs come from the registry declarations of the chosen terms, never from their names: the
 estimator's and the loss's ``needs`` beyond what TRL supplies (``TRL_SUPPLIES``) and the
@@ -43,9 +44,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..advantages import ESTIMATORS, Estimator, group_diagnostics
-from ..advantages import get as get_estimator
-from ..advantages import parse as parse_estimator
+from ..advantages import Estimator, group_diagnostics, resolve
 from ..core import Rollouts
 from ..core.batch import ROW_FIELDS
 from .declarations import hook_hparams
@@ -71,16 +70,9 @@ _FORWARD_KEYS = (
 
 
 def resolve_estimator(estimator: str | Estimator, hparams: dict[str, Any] | None = None) -> Estimator:
-    """An Estimator from a registered name, an expression (``"0.7*grpo + 0.3*rloo | whiten"``)
-    or an Estimator (then ``hparams`` must be empty)."""
-    hparams = dict(hparams or {})
-    if isinstance(estimator, Estimator):
-        if hparams:
-            raise ValueError("estimator_hparams: bind hyperparameters with grouprl.advantages.get(name, **hp).")
-        return estimator
-    if not isinstance(estimator, str):
-        raise TypeError(f"estimator must be a name, an expression or an Estimator, got {type(estimator).__name__}")
-    return get_estimator(estimator, **hparams) if estimator in ESTIMATORS else parse_estimator(estimator, **hparams)
+    """``grouprl.advantages.resolve`` with the trainer's ``estimator_hparams`` dict (a name, an
+    expression such as ``"0.7*grpo + 0.3*rloo | whiten"``, or an Estimator with no hparams)."""
+    return resolve(estimator, **dict(hparams or {}))
 
 
 # The batch fields this adapter builds from TRL's own data (rewards, completion masks, prompts);

@@ -52,7 +52,9 @@ rollout_is_weights) -> (loss, metrics)``; the aggregation uses verl's global cou
 times ``dp_size``) so the objective matches verl's aggregation modes; metrics become Python floats
 here, at the boundary (grouprl keeps them as tensors). Loss hyperparameters come from the actor
 fields that verl's counterpart of the loss reads (``VERL_ACTOR_FIELDS``) and from the JSON in
-``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys).
+``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys). ``rollout_is_weights``
+are verl's own (its ``rollout_is`` option); ``grouprl.losses.rollout_is_weights`` computes the same
+truncated weights from two log-prob tensors where a user wants grouprl's.
 
 Beyond those seven values (verl 0.9.1's actor passes nothing else), two declared paths:
 
@@ -89,8 +91,7 @@ import torch
 from torch import Tensor
 
 from ..advantages import ESTIMATORS, Estimator
-from ..advantages import get as get_estimator
-from ..advantages import parse as parse_estimator
+from ..advantages import resolve as resolve_estimator
 from ..core import Rollouts
 from ..core.batch import ROW_FIELDS, TOKEN_FIELDS
 from .declarations import hook_hparams
@@ -185,26 +186,24 @@ def grouprl_section(config: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ estimators
-def _resolve(name: str | None, config: Any) -> tuple[Estimator, dict[str, Any]]:
-    """The grouprl Estimator for verl estimator ``name`` (None = the expression in the config)."""
+def _estimator_from_config(name: str | None, config: Any) -> tuple[Estimator, dict[str, Any]]:
+    """The grouprl Estimator for verl estimator ``name`` (None = the expression in the config), with
+    the hyperparameters of ``algorithm.grouprl.hparams`` and verl's discounts; the name or expression
+    is resolved by ``grouprl.advantages.resolve``."""
     sec = grouprl_section(config)
     hparams = dict(sec.get("hparams") or {})
+    spec = name
     if name is None:
-        expr = sec.get("expr")
-        if not expr:
+        spec = sec.get("expr")
+        if not spec:
             raise ValueError(
                 f"adv_estimator={PREFIX}{EXPR_NAME} needs algorithm.grouprl.expr, e.g. "
                 "'0.7*grpo + 0.3*rloo | whiten'."
             )
-        accepted: set[str] = set()
-        est = parse_estimator(str(expr))
-        for _, info, _ in est.terms:
-            accepted.update(info.defaults)
-        _add_discounts(hparams, accepted, config)
-        return parse_estimator(str(expr), **hparams), hparams
-    info = ESTIMATORS[name]
-    _add_discounts(hparams, set(info.defaults), config)
-    return get_estimator(name, **hparams), hparams
+        spec = str(spec)
+    accepted = {p for _, info, _ in resolve_estimator(spec).terms for p in info.defaults}
+    _add_discounts(hparams, accepted, config)
+    return resolve_estimator(spec, **hparams), hparams
 
 
 def _add_discounts(hparams: dict[str, Any], accepted: set[str], config: Any) -> None:
@@ -331,7 +330,7 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
         grouprl_data: Any = None,
         **unused: Any,
     ) -> tuple[Tensor, Tensor]:
-        est, hparams = _resolve(name, config)
+        est, hparams = _estimator_from_config(name, config)
         needs = est.needs
         if index is None and any(i.level != "token" for _, i, _ in est.terms):
             raise ValueError(

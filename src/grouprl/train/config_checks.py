@@ -147,7 +147,7 @@ def _estimator_params(expr: str) -> list[tuple[str, dict[str, Any]]]:
 def checked_keywords(cfg: Any) -> dict[str, dict[str, Any]]:
     """The config's keyword dicts, each checked against its callable's signature and coerced."""
     from ..losses import LOSSES
-    from ..losses.confucius3 import TargetedEntropyRegularizer
+    from ..losses.ter import TargetedEntropyRegularizer
     from ..sampling import SAMPLERS
     from .credit import CREDITS
 

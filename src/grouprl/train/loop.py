@@ -35,12 +35,13 @@ import torch
 from .._osutil import write_text_atomic
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
+from ..losses import rollout_is
 from .. import warmstarts
 from ..rollout import Generation, response_logprobs, sample
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_global_rngs,
                          set_rng_state)
 from .credit import CreditContext, make_credit
-from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
+from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, trainable_parameters
 from .config import ConfigError, TrainConfig
 from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, evenly_spaced, step_generator
 from .logging import JsonlWriter, TensorBoard, environment_versions, read_jsonl, truncate_after
@@ -475,7 +476,7 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
             texts = decode_responses(tok, gen)
         batch = methods.prepare(batch, texts, [pool[i] for i in gen.prompt_index.tolist()])
         adv = methods.advantages(batch, step)  # per-method hooks (grouprl.train.methods)
-        # truncated IS of the sampler-vs-trainer mismatch (grouprl.train.device; off by default)
+        # truncated IS of the sampler-vs-trainer mismatch (grouprl.losses.importance; off by default)
         is_w, is_metrics = rollout_is(old_lp, gen.logprobs, mask, level=cfg.rollout_is, cap=cfg.rollout_is_cap)
         loss_mask = credit.loss_mask(mask) & batch.mask
         methods.before_update(entropy, loss_mask, normalizers(loss_mask))

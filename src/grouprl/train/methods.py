@@ -32,7 +32,7 @@ What each method gets:
   ``reward_components`` (``'task'`` / ``'module:function'``) score every response into
   ``batch.reward_components`` (B, K); each column gets the same per-response adjustments as
   ``rewards``: −kl_coef·KL(π_old‖π_ref) of the sequence with ``kl_in_reward`` (MaxMin's
-  F_u = E[r_u] − β·KL, arXiv:2402.08925 §2.2) and DAPO's overlong penalty with
+  F_u = E[r_u] − β·KL, the MaxMin objective of arXiv:2402.08925) and DAPO's overlong penalty with
   ``overlong_buffer``. Setting either without such an estimator is an error.
 * An estimator that declares a ``reward_view`` (MaxMin: the worst-off group's column) has that
   reward put into ``batch.rewards`` when it is the only term, so whatever else learns from the
@@ -104,7 +104,7 @@ class MethodHooks:
     """The method-specific steps of one training run (see the module docstring)."""
 
     def __init__(self, cfg: Any, task: Any, score_fns: Sequence[Callable[[list, list[str]], Tensor]] = ()) -> None:
-        from ..losses.confucius3 import TargetedEntropyRegularizer
+        from ..losses.ter import TargetedEntropyRegularizer
 
         self.cfg = cfg
         self.task = task
