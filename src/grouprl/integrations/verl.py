@@ -853,7 +853,7 @@ def loss_hook_hparams(name: str, algorithm_config: Any) -> dict[str, Any]:
     est_name = adv[len(PREFIX):]
     if est_name != EXPR_NAME and est_name not in ESTIMATORS:
         return {}
-    return hook_hparams(_resolve(None if est_name == EXPR_NAME else est_name, algorithm_config)[0], name)
+    return hook_hparams(_estimator_from_config(None if est_name == EXPR_NAME else est_name, algorithm_config)[0], name)
 
 
 def _wrap_update_actor(mod: Any) -> None:
