@@ -138,8 +138,27 @@ def test_env_estimator_schedule_gets_step_and_total_steps(tmp_path, monkeypatch)
         return real(est, batch, **kw)
 
     monkeypatch.setattr(methods_mod, "compute_advantages", recording)
-    _env_run(tmp_path, "sched", estimator="canon_cosine")
+    _env_run(tmp_path, "sched", estimator="canon_cosine", estimator_kwargs={"warmup_steps": 1})
     assert seen == [("canon_cosine", 0, 2, True), ("canon_cosine", 1, 2, True)]
+
+
+def test_schedule_reaches_the_term_of_an_expression(tmp_path, monkeypatch):
+    """``step``/``total_steps`` go to a scheduled term inside a composition too (not only to a lone name)."""
+    from grouprl.advantages import canon
+
+    seen = []
+    real = canon.cosine_with_restarts
+
+    def recording(step, **kw):
+        seen.append((step, kw.get("total_steps")))
+        return real(step, **kw)
+
+    monkeypatch.setattr(canon, "cosine_with_restarts", recording)
+    cfg = build_config(tiny_overrides(tmp_path, name="c", steps=2, eval_every=0, eval_size=2, pass_k_size=0,
+                                      estimator="0.5*canon_cosine + 0.5*grpo", estimator_kwargs={"warmup_steps": 1}))
+    seen.clear()  # the config check ran the worked example (step 50 of 150)
+    train(cfg)
+    assert seen == [(0, 2), (1, 2)]
 
 
 def test_env_kl_and_entropy_are_honoured(tmp_path, env_base):
