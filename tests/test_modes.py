@@ -17,6 +17,7 @@ import pytest
 from grouprl.advantages.registry import ESTIMATORS
 from grouprl.train import ConfigError, build_config, train
 from grouprl.train.logging import read_jsonl
+from grouprl.train.methods import estimator_takes
 from grouprl.train.modes import MODES
 from test_train import tiny_overrides
 
@@ -127,6 +128,11 @@ def test_env_mask_truncated_is_honoured(tmp_path, env_base):
     assert env_base[0]["grad_norm"] > 0.0
 
 
+def test_schedule_longer_than_the_run_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="steps=2 \\(the schedule's total_steps\\).*canon_cosine.*Raise steps"):
+        build_config(tiny_overrides(tmp_path, steps=2, estimator="canon_cosine"))
+
+
 def test_env_estimator_schedule_gets_step_and_total_steps(tmp_path, monkeypatch):
     import grouprl.train.methods as methods_mod
 
@@ -173,9 +179,11 @@ def _pair_config(tmp_path, name: str):
     components) that its refusal messages point to; ``(None, message)`` when no trainer rollout
     provides a field it needs."""
     expr = f"0.5*{name} + 0.5*grpo"
+    # a schedule over the run's 2 steps (total_steps = steps) needs a warm-up shorter than the run
+    kw = {"estimator_kwargs": {"warmup_steps": 1}} if estimator_takes(expr, "warmup_steps") else {}
     task = tiny_overrides(tmp_path, name=name, steps=2, eval_every=0, eval_size=2, pass_k_size=0, save_every=2,
-                          estimator=expr)
-    env = {**ENV, "out_dir": str(tmp_path / "runs"), "name": name, "estimator": expr}
+                          estimator=expr, **kw)
+    env = {**ENV, "out_dir": str(tmp_path / "runs"), "name": name, "estimator": expr, **kw}
     tries = [task, {**task, "credit": "critic"}, {**task, "credit": name}, {**task, "reward_components": ["task", "task"]},
              env]
     messages = []

@@ -186,26 +186,33 @@ def _probe(cfg: Any, kw: dict[str, dict[str, Any]]) -> None:
     from ..losses import LOSSES, run_example
     from ..sampling import SAMPLERS
 
-    if kw["estimator_kwargs"]:
-        from .estimator_setup import estimator_hparams
+    from .estimator_setup import estimator_hparams
 
-        # with the values the run will bind (e.g. z-score statistics from reward_models' manifest)
-        bound = {**estimator_hparams(cfg), **kw["estimator_kwargs"]}
-        for _, info, _ in registry.parse(cfg.estimator).terms:
-            own = {k: v for k, v in bound.items() if k in info.defaults}
-            if not own or not info.example:
-                continue
-            batch, ex_kw = registry.example_batch(info.example)
-            try:
-                registry.compute_advantages(info.name, batch, **ex_kw)
-            except _PROBE_ERRORS:  # pragma: no cover - the worked example itself does not run
-                continue
-            try:
-                registry.compute_advantages(info.name, batch, **{**ex_kw, **own})
-            except registry.MissingBatchField:  # e.g. base=gae needs values the worked example lacks:
-                continue  # the values are not refused; the run's batch is checked at its first step
-            except _PROBE_ERRORS as exc:
-                raise ValueError(f"estimator_kwargs {own}: estimator {info.name!r} refuses them: {exc}") from None
+    # with the values the run will bind (e.g. z-score statistics from reward_models' manifest; a
+    # schedule's total_steps = steps unless estimator_kwargs set it: grouprl.train.methods)
+    bound = {**estimator_hparams(cfg), **kw["estimator_kwargs"]} if kw["estimator_kwargs"] else {}
+    for _, info, _ in registry.parse(cfg.estimator).terms:
+        own = {k: v for k, v in bound.items() if k in info.defaults}
+        if "total_steps" in info.defaults and "total_steps" not in kw["estimator_kwargs"]:
+            own["total_steps"] = cfg.steps
+        if not own or not info.example:
+            continue
+        batch, ex_kw = registry.example_batch(info.example)
+        try:
+            registry.compute_advantages(info.name, batch, **ex_kw)
+        except _PROBE_ERRORS:  # pragma: no cover - the worked example itself does not run
+            continue
+        try:
+            registry.compute_advantages(info.name, batch, **{**ex_kw, **own})
+        except registry.MissingBatchField:  # e.g. base=gae needs values the worked example lacks:
+            continue  # the values are not refused; the run's batch is checked at its first step
+        except _PROBE_ERRORS as exc:
+            given = {k: v for k, v in own.items() if k in kw["estimator_kwargs"]}
+            by_run = "total_steps" in own and "total_steps" not in given  # the loop's total_steps = steps
+            what = " with ".join(([f"estimator_kwargs {given}"] if given else [])
+                                 + ([f"steps={cfg.steps} (the schedule's total_steps)"] if by_run else []))
+            fix = " Raise steps, or set estimator_kwargs.total_steps / warmup_steps." if by_run else ""
+            raise ValueError(f"{what}: estimator {info.name!r} refuses them: {exc}{fix}") from None
     if kw["loss_kwargs"] and LOSSES[cfg.loss].example:
         try:
             run_example(cfg.loss, **kw["loss_kwargs"])
