@@ -51,7 +51,6 @@ import torch
 from torch import Tensor
 
 from ..advantages import compute_advantages
-from ..advantages.registry import ESTIMATORS
 from ..core import Rollouts
 from ..losses import LOSSES
 
