@@ -150,6 +150,9 @@ class EnvSource:
     def start(self, model: torch.nn.Module, tok: Any, credit: Any) -> None:
         self.tok = tok
 
+    def open_logs(self) -> None:
+        return None  # the loop's metrics.jsonl and eval.jsonl only
+
     def score(self, gen: Any) -> torch.Tensor:  # pragma: no cover - credit hooks are refused for env runs
         raise ConfigError("env runs score episodes in the environment; credit hooks are not available (credit=none)")
 

@@ -249,6 +249,7 @@ def train_loop(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
         start_step = int(state["step"])
     for f in ("metrics.jsonl", "eval.jsonl", *source.log_files):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
+    source.open_logs()
     # lines are flushed at once and fsync-ed before each checkpoint (not after every line: ~5 ms a step)
     metrics_log = JsonlWriter(run_dir / "metrics.jsonl", fsync_every_line=False)
     eval_log = JsonlWriter(run_dir / "eval.jsonl", fsync_every_line=False)

@@ -226,7 +226,7 @@ class TaskSource:
     """Prompts -> batch: the rollout source of task runs (see the module docstring).
 
     The loop calls, in order: ``initial_model()``; ``start(model, tok, credit)`` once the policy,
-    credit hook and optimizer exist; per step ``rollout(step, model, ctx)``; ``evaluate(step, model)``
+    credit hook and optimizer exist; ``load_state_dict(state)`` on a resume; ``open_logs()``; per step ``rollout(step, model, ctx)``; ``evaluate(step, model)``
     at evaluation points; ``state_dict()`` / ``load_state_dict()`` with the checkpoints; ``close()``."""
 
     mode = MODES["task"]
@@ -262,6 +262,9 @@ class TaskSource:
         self.sampler = get_sampler(cfg.sampler, len(self.pool), seed=cfg.seed,
                                    prompt_groups=[e.data_group for e in self.pool], **cfg.sampler_kwargs)
         self.pool_prompts = LazyTokens([e.prompt for e in self.pool], lambda t: encode_prompts(tok, t))
+
+    def open_logs(self) -> None:
+        """Open this source's own log (after the loop cut the logs back to the resumed step)."""
         self.items_log = JsonlWriter(self.run_dir / "eval_items.jsonl", fsync_every_line=False)  # per-example scores
 
     def score(self, gen: Generation) -> torch.Tensor:
