@@ -192,7 +192,7 @@ def _pair_config(tmp_path, name: str):
             return build_config(values), None
         except ConfigError as exc:
             messages.append(str(exc))
-        except Exception as exc:  # e.g. credit=<an estimator name that is no credit hook>
+        except (KeyError, ValueError) as exc:  # e.g. credit=<an estimator name that is no credit hook>
             messages.append(f"{type(exc).__name__}: {exc}")
     return None, messages
 

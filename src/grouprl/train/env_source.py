@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -35,7 +36,7 @@ from .data import step_generator
 from .device import device_generator, resolve_device
 from .modes import MODES, Rollout
 
-__all__ = ["EnvSource", "agent_fields", "agent_batch_to_rollouts", "EVAL_SEED0", "SFT_SEED0", "DEFAULT_ESTIMATOR"]
+__all__ = ["DEFAULT_ESTIMATOR", "EVAL_SEED0", "SFT_SEED0", "EnvSource", "agent_batch_to_rollouts", "agent_fields"]
 
 ENV_EVAL_EPISODES = 500  # evaluation episodes when eval_size is unset
 EVAL_SEED0 = 1_000_000  # eval seeds: EVAL_SEED0 + 0..eval_size-1 (train seeds are drawn below it)

@@ -60,7 +60,7 @@ from .rundir import prepare_run_dir
 from .sft import lr_at
 from .task_source import TaskSource, _sft_missed_target
 
-__all__ = ["train_loop", "update_policy", "begin_step", "old_logprobs_source"]
+__all__ = ["begin_step", "old_logprobs_source", "train_loop", "update_policy"]
 
 
 def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Mode", "MODES", "mode_of", "Rollout"]
+__all__ = ["MODES", "Mode", "Rollout", "mode_of"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -38,8 +39,20 @@ from .rundir import current_run
 from .sampler import get_sampler, load_sampler_state, sampler_state
 from .sft import sft, sft_kwargs, sft_progress, sft_summary
 
-__all__ = ["TaskSource", "Rollout", "RewardFunctionError", "load_initial_model", "load_task", "make_guard", "eval_subset",
-           "eval_item_ids", "shipped_warm_start", "warm_start_info", "score", "load_reward_fn"]
+__all__ = [
+    "RewardFunctionError",
+    "Rollout",
+    "TaskSource",
+    "eval_item_ids",
+    "eval_subset",
+    "load_initial_model",
+    "load_reward_fn",
+    "load_task",
+    "make_guard",
+    "score",
+    "shipped_warm_start",
+    "warm_start_info",
+]
 
 
 class RewardFunctionError(ConfigError):
@@ -55,7 +68,7 @@ def _is_preset(name: str) -> bool:
     return name in PRESETS
 
 
-def shipped_warm_start(cfg: TrainConfig) -> "warmstarts.WarmStart | None":
+def shipped_warm_start(cfg: TrainConfig) -> warmstarts.WarmStart | None:
     """The warm start shipped with grouprl that RL starts from, or None (``init``, SFT or a bare model).
 
     ``warm_start=auto`` takes it when one fits the task and model (``grouprl.warmstarts``) and no
