@@ -203,7 +203,7 @@ def train_loop(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
     from ..losses import normalizers
 
     source_cls = EnvSource if cfg.env is not None else TaskSource
-    cfg = getattr(source_cls, "configure", lambda c, _r: c)(cfg, resume)  # env: gigpo unless named
+    cfg = source_cls.configure(cfg, resume)  # the mode's defaults (env: gigpo unless an estimator is named)
     torch.set_num_threads(cfg.threads)
     # CPU kernels are deterministic at a fixed thread count; use_deterministic_algorithms(True) would
     # only swap in 5x slower index/scatter backward kernels (measured) and is not needed here.

@@ -238,12 +238,17 @@ def _sft_missed_target(cfg: TrainConfig, hist: list[dict[str, Any]]) -> str | No
 class TaskSource:
     """Prompts -> batch: the rollout source of task runs (see the module docstring).
 
-    The loop calls, in order: ``initial_model()``; ``start(model, tok, credit)`` once the policy,
+    The loop calls, in order: ``configure(cfg, resume)`` (the class's), the constructor, ``initial_model()``; ``start(model, tok, credit)`` once the policy,
     credit hook and optimizer exist; ``load_state_dict(state)`` on a resume; ``open_logs()``; per step ``rollout(step, model, ctx)``; ``evaluate(step, model)``
     at evaluation points; ``state_dict()`` / ``load_state_dict()`` with the checkpoints; ``close()``."""
 
     mode = MODES["task"]
     log_files = ("eval_items.jsonl",)  # written here (and truncated with the loop's logs on a resume)
+
+    @staticmethod
+    def configure(cfg: TrainConfig, resume: Any) -> TrainConfig:
+        """The config as the run uses it (task runs: as given)."""
+        return cfg
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device, amp: Callable, console: Any = None) -> None:
         self.cfg, self.run_dir, self.device, self.amp, self.console = cfg, run_dir, device, amp, console
