@@ -2,10 +2,11 @@
 config load naming the option and the mode; every registered estimator paired with grpo trains (in
 the mode whose fields it needs) or is refused for a declared incompatibility.
 
-What each mode provides and does not read is declared in ``grouprl.train.modes``; task-mode
-behaviour of the method options (ter, overlong_buffer, mask_truncated, samplers, credit, schedules,
-COPO, MaxMin, rollout IS) is checked in test_methods_train.py, test_sampler_train.py,
-test_credit_train.py and test_train.py; here: env mode, and the refusals of both modes.
+What each mode provides and does not read is declared in ``grouprl.train.modes``. Here: the
+refusals of both modes, and the options honoured in both (ter, rollout_is, mask_truncated, KL and
+entropy terms, estimator schedules) checked on the in-loop quantity or against a run without the
+option; the task-only options (samplers, credit hooks, overlong shaping, COPO, MaxMin) are checked
+in test_methods_train.py, test_sampler_train.py and test_credit_train.py.
 """
 
 from __future__ import annotations
@@ -98,34 +99,61 @@ def test_gae_needs_a_credit_hook_and_the_message_names_it(tmp_path):
     build_config(tiny_overrides(tmp_path, estimator="gae", credit="critic"))  # provided: loads
 
 
-# ------------------------------------------------------------------ honoured in env runs
+# ------------------------------------------------------------------ honoured in both modes
+def _run(mode: str, root, name: str, **kw) -> list[dict]:
+    if mode == "env":
+        return _env_run(root, name, **kw)
+    train(build_config(tiny_overrides(root, name=name, steps=2, eval_every=0, eval_size=2, pass_k_size=0,
+                                      save_every=2, **kw)))
+    rows = read_jsonl(root / "runs" / name / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    return rows
+
+
 @pytest.fixture(scope="module")
-def env_base(tmp_path_factory):
-    return _env_run(tmp_path_factory.mktemp("envbase"), "base")
+def base_rows(tmp_path_factory):
+    """A 2-step run without the options, per mode (the same seed as the runs with them)."""
+    root = tmp_path_factory.mktemp("base")
+    return {mode: _run(mode, root, f"base_{mode}") for mode in ("task", "env")}
 
 
-def test_env_ter_is_honoured(tmp_path, env_base):
-    rows = _env_run(tmp_path, "ter", ter=True, ter_kwargs={"coef": 0.5, "target": 0.1})
+def _ter(rows, base):
     for r in rows:  # TER read this step's entropies (token-mean over the loss mask, as the logged entropy)
         assert r["ter/entropy"] == pytest.approx(r["entropy"], rel=1e-5)
         assert r["ter/coef"] != 0.0
-    assert "ter/coef" not in env_base[0]
-    assert rows[0]["loss"] != env_base[0]["loss"]  # the entropy term is in the loss
+    assert "ter/coef" not in base[0]
+    assert rows[0]["loss"] != base[0]["loss"]  # the entropy term is in the loss
 
 
-def test_env_rollout_is_is_honoured(tmp_path, env_base):
-    rows = _env_run(tmp_path, "ris", rollout_is="token", rollout_is_cap=1.5)
-    for r in rows:
+def _rollout_is(rows, base):
+    for r in rows:  # the weights of the recomputed vs the sampling log-probs, truncated at C = 1.5
         assert 0.0 < r["rollout_is/mean"] <= 1.5 and "rollout_is/clipped" in r
-    assert "rollout_is/mean" not in env_base[0]
+    assert "rollout_is/mean" not in base[0]
 
 
-def test_env_mask_truncated_is_honoured(tmp_path, env_base):
-    rows = _env_run(tmp_path, "mt", mask_truncated=True)
-    # an untrained model writes no EOS within 3 tokens: every action is truncated, so no token is trained on
-    assert all(r["truncated"] == 1.0 for r in rows) and env_base[0]["truncated"] == 1.0
-    assert all(r["grad_norm"] == 0.0 and r["loss"] == 0.0 for r in rows)
-    assert env_base[0]["grad_norm"] > 0.0
+def _mask_truncated(rows, base):
+    # same seed, same first rollout: the truncated rows of step 1 are the base run's; they get no loss
+    assert rows[0]["truncated"] == base[0]["truncated"] > 0.0
+    if rows[0]["truncated"] == 1.0:  # every row truncated: no token is trained on
+        assert rows[0]["grad_norm"] == 0.0 and rows[0]["loss"] == 0.0
+    assert base[0]["grad_norm"] > 0.0 and rows[0]["grad_norm"] != base[0]["grad_norm"]
+
+
+def _kl(rows, base):
+    assert all(r["kl"] >= 0.0 for r in rows) and "kl" not in base[0]
+    assert rows[0]["loss"] != base[0]["loss"]
+
+
+HONOURED = [("ter", {"ter": True, "ter_kwargs": {"coef": 0.5, "target": 0.1}}, _ter),
+            ("rollout_is", {"rollout_is": "token", "rollout_is_cap": 1.5}, _rollout_is),
+            ("mask_truncated", {"mask_truncated": True}, _mask_truncated),
+            ("kl_coef", {"kl_coef": 0.1, "entropy_coef": 0.01}, _kl)]
+
+
+@pytest.mark.parametrize("mode", ["task", "env"])
+@pytest.mark.parametrize("option,kw,check", HONOURED, ids=[h[0] for h in HONOURED])
+def test_option_is_honoured_in_mode(tmp_path, base_rows, mode, option, kw, check):
+    check(_run(mode, tmp_path, f"{option}_{mode}", **kw), base_rows[mode])
 
 
 def test_schedule_longer_than_the_run_is_refused_at_load(tmp_path):
@@ -165,12 +193,6 @@ def test_schedule_reaches_the_term_of_an_expression(tmp_path, monkeypatch):
     seen.clear()  # the config check ran the worked example (step 50 of 150)
     train(cfg)
     assert seen == [(0, 2), (1, 2)]
-
-
-def test_env_kl_and_entropy_are_honoured(tmp_path, env_base):
-    rows = _env_run(tmp_path, "kl", kl_coef=0.1, entropy_coef=0.01)
-    assert all("kl" in r for r in rows) and "kl" not in env_base[0]
-    assert rows[0]["loss"] != env_base[0]["loss"]
 
 
 # ------------------------------------------------------------------ every estimator paired with grpo
