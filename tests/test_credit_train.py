@@ -203,6 +203,7 @@ def _record_tppo(monkeypatch) -> list[dict]:
     """Per step: the rows trained on, their advantages and loss mask (as update_policy receives them),
     and the batch / pool / metrics the T-PPO hook saw after the update."""
     import grouprl.train.loop as loop_mod
+    import grouprl.train.task_source as source_mod
     from grouprl.train.credit import TppoCredit
 
     steps: list[dict] = []
@@ -220,7 +221,7 @@ def _record_tppo(monkeypatch) -> list[dict]:
                          pool=self.pool, pool_born=self.pool_born.clone(), metrics=dict(out))
         return out
 
-    evaluate = loop_mod.evaluate
+    evaluate = source_mod.evaluate
 
     def recording_evaluate(*a, **kw):
         steps.append({"eval_max_new_tokens": kw["max_new_tokens"]})
@@ -228,7 +229,7 @@ def _record_tppo(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(loop_mod, "update_policy", recording_update)
     monkeypatch.setattr(TppoCredit, "after_update", recording_after)
-    monkeypatch.setattr(loop_mod, "evaluate", recording_evaluate)
+    monkeypatch.setattr(source_mod, "evaluate", recording_evaluate)
     return steps
 
 

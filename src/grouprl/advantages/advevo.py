@@ -6,7 +6,6 @@ group share a group-level mean-return baseline"); the formula below is a propose
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..core import Rollouts, group_stats

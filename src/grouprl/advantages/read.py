@@ -35,7 +35,9 @@ def _extra(batch: Rollouts, name: str) -> Tensor:
 
 @estimator(
     "read",
-    needs=("rewards", "group", "mask", "trajectory", "step", "agent"),
+    # the critic's scores under their default field names (q_field, v_field): declared, so that a
+    # trainer without a critic refuses the estimator at config load rather than at its first step
+    needs=("rewards", "group", "mask", "trajectory", "step", "agent", "q_values", "state_values"),
     paper="Towards Efficient LLM Grounding for Embodied Multi-Agent Collaboration (ReAd), arXiv:2405.14314",
     level="step",
 )

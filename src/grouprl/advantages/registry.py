@@ -170,12 +170,19 @@ class MissingBatchField(ValueError):
     """The batch lacks a field the estimator declares in ``needs``."""
 
 
+def _how(name: str) -> str:
+    """How a batch gets the field ``name``: a ``Rollouts`` field, or an entry of its ``extras``."""
+    from ..core.batch import _ALL_FIELDS
+
+    return f"{name}=..." if name in _ALL_FIELDS else f"extras={{{name!r}: ...}}"
+
+
 def _check_needs(info: EstimatorInfo, batch: Rollouts) -> None:
     missing = [f for f in info.needs if not batch.has(f)]
     if missing:
         raise MissingBatchField(
             f"estimator {info.name!r} needs the batch field(s) {', '.join(map(repr, missing))}, "
-            f"which the batch does not have; build Rollouts with {missing[0]}=... "
+            f"which the batch does not have; build Rollouts with {_how(missing[0])} "
             f"(it needs: {', '.join(info.needs)})."
         )
 

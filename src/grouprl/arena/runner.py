@@ -62,7 +62,7 @@ def ensure_warm_start(config: dict[str, Any], warm_root: str | Path) -> str | No
     import fcntl
 
     from ..train.config import build_config
-    from ..train.loop import load_initial_model, load_task
+    from ..train.task_source import load_initial_model, load_task
 
     key = warm_key(config)
     if key is None:

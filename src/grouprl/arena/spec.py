@@ -284,7 +284,7 @@ _WARM_FIELDS = ("task", "task_kwargs", "seed", "model", "max_new_tokens", "sft_s
 def warm_key(config: dict[str, Any]) -> str | None:
     """Key of the shared SFT warm start of a cell config (None when the cell has no SFT phase)."""
     from ..train.config import build_config
-    from ..train.loop import shipped_warm_start
+    from ..train.task_source import shipped_warm_start
 
     if config.get("init") is not None or int(config.get("sft_steps", 0)) == 0:
         return None

@@ -146,7 +146,7 @@ def sft(ctx: typer.Context) -> None:
     from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
     from ..train import ConfigError, load_config, parse_overrides
     from ..train.data import evaluate, step_generator
-    from ..train.loop import eval_subset, load_task, make_guard
+    from ..train.task_source import eval_subset, load_task, make_guard
     from ..train.sft import sft as run_sft
     from ..train.device import resolve_device
     from ..train.sft import sft_kwargs, sft_progress, sft_summary

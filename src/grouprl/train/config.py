@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config_checks import (
     MAX_REWARD_TIMEOUT_S,
     check_group_of_one,
+    check_mode,
     check_model,
     check_reward_spec,
     check_task,
@@ -168,7 +169,7 @@ class TrainConfig(BaseModel):
     )
     tensorboard: bool = Field(True, description="TensorBoard event files in RUN/tb (a one-line note when TensorBoard is not installed)")
     progress: bool = True
-    # multi-turn agents (grouprl.train.agent_loop, selected by env=<name>; docs/agents.md)
+    # multi-turn agents (grouprl.train.env_source, selected by env=<name>; docs/agents.md)
     env: str | None = Field(None, description="train an agent in this text environment (grouprl.envs) instead of a task")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the environment")
     eval_env_kwargs: dict[str, Any] = Field(
@@ -293,6 +294,7 @@ class TrainConfig(BaseModel):
             check_task(self.task)
         if self.init is None:
             check_model(self.model)
+        check_mode(self)  # options and estimator/loss fields fit the mode: task or env= (grouprl.train.modes)
         # coerced values are written past validate_assignment (no re-validation loop)
         for name, value in checked_keywords(self).items():
             self.__dict__[name] = value

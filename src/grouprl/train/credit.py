@@ -64,11 +64,14 @@ class Credit:
 
     Declarations read at config load (``check_config``): ``estimator_traits``, the traits (see
     ``grouprl.advantages.registry.TRAITS``) that every term of the configured estimator must
-    declare; the keyword options of ``__init__`` (the names ``credit_kwargs`` may use).
+    declare; ``provides``, the batch fields the hook adds (an estimator's ``needs`` may use them);
+    the keyword options of ``__init__`` (the names ``credit_kwargs`` may use).
     """
 
     needs_entropy = False
     estimator_traits: tuple[str, ...] = ()
+    #: the batch fields (or extras) this hook adds before the advantages (read by the config check)
+    provides: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, model: torch.nn.Module) -> None:
         self.cfg = cfg
@@ -168,6 +171,8 @@ class SpoChainCredit(Credit):
     reward of a continuation cut by the length limit (the reference code's "unfinished response"
     penalty; None = the verifier's score of its text)."""
 
+    provides = ("token_probs", "segment_values", "segment_id")
+
     def __init__(self, cfg: Any, model: torch.nn.Module, *, interval: int = 5, samples: int = 4,
                  prob_mask: bool = True, threshold: float = PROB_THRESHOLD,
                  unfinished_reward: float | None = None) -> None:
@@ -228,6 +233,8 @@ class SpoTreeCredit(Credit):
     segment only (estimator ``spo_tree``), with the probability mask in the loss (``prob_mask``).
     The reference code's on-policy replay buffer (edges reused for up to 8 iterations) is not
     implemented: each step trains on its own tree's edges."""
+
+    provides = ("token_probs", "node_advantage", "segment_start")
 
     def __init__(self, cfg: Any, model: torch.nn.Module, *, branch: list[int] | tuple[int, ...] = (6, 6),
                  segment_len: int = 30, adv_method: str = "rloo", max_edges: int | None = 32,
@@ -303,6 +310,8 @@ class CriticCredit(Credit):
     as in flight and bootstrapped by EGAE); the step is skipped when none finished. ``update_every``:
     critic update every N steps. ``lr``, ``epochs``, ``clip_range`` (0.2), ``gamma`` (1.0).
     """
+
+    provides = ("values",)
 
     def __init__(self, cfg: Any, model: torch.nn.Module, *, lr: float = 1e-3, epochs: int = 1,
                  clip_range: float | None = 0.2, gamma: float = 1.0, critic_lam: float = 1.0,

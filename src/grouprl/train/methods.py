@@ -12,8 +12,9 @@ One object, built from the config, that the loop calls at fixed points (docs/out
 
 What each method gets:
 
-* ``canon_cosine`` / ``canon_cosine_r`` (any estimator whose hyperparameters include ``step``):
-  the 0-based global ``step`` and, unless set in ``estimator_kwargs``, ``total_steps=cfg.steps``.
+* ``canon_cosine`` / ``canon_cosine_r`` (any estimator, or term of an expression, whose
+  hyperparameters include ``step``): the 0-based global ``step`` and, unless set in
+  ``estimator_kwargs``, ``total_steps=cfg.steps`` (each goes to the terms that take it).
 * A loss or estimator that declares the batch field ``answer`` (COPO) gets answer ids from
   ``task.extract`` of each response (COPO's pluggable answer extraction). A loss with an
   ``inputs`` hook (COPO's: ``copo_terms`` once per step, with the ``estimator_kwargs`` of the
@@ -50,7 +51,6 @@ import torch
 from torch import Tensor
 
 from ..advantages import compute_advantages
-from ..advantages.registry import ESTIMATORS
 from ..core import Rollouts
 from ..losses import LOSSES
 
@@ -60,15 +60,19 @@ __all__ = ["MethodHooks", "estimator_takes", "reward_component_fns", "check_meth
 
 
 def estimator_takes(name: str, hparam: str) -> bool:
-    """Whether the registered estimator ``name`` accepts the hyperparameter ``hparam`` (False for
-    expressions and unknown names)."""
-    if name not in ESTIMATORS:
+    """Whether the estimator ``name`` (a registered name or an expression: any of its terms)
+    accepts the hyperparameter ``hparam`` (False for unknown names)."""
+    from ..advantages import registry
+
+    try:
+        terms = registry.parse(name).terms
+    except Exception:  # noqa: BLE001 - an unknown name or a malformed expression takes nothing
         return False
-    info = ESTIMATORS[name]
-    defaults = getattr(info, "defaults", None)
-    if isinstance(defaults, dict) and hparam in defaults:
-        return True
-    return hparam in inspect.signature(info.fn).parameters
+    for _w, info, _kw in terms:
+        defaults = getattr(info, "defaults", None)
+        if (isinstance(defaults, dict) and hparam in defaults) or hparam in inspect.signature(info.fn).parameters:
+            return True
+    return False
 
 
 def reward_component_fns(cfg: Any, task: Any, task_guard: Any) -> list[Callable[[list, list[str]], Tensor]]:

@@ -1,7 +1,7 @@
 """``grouprl.train.train``: the entry point of a training run. It holds the run's lock and record
-for the whole call, runs the task loop (:func:`grouprl.train.loop.train_task`) or, for ``env=``,
-the agent loop (:func:`grouprl.train.agent_loop.train_agent`), and on an error before the first
-step removes the fresh run directory; a full disk becomes a short ``CheckpointError``."""
+for the whole call, runs the training loop (:func:`grouprl.train.loop.train_loop`, task or ``env=``
+runs alike), and on an error before the first step removes the fresh run directory; a full disk
+becomes a short ``CheckpointError``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .._osutil import disk_full_message, is_disk_full
-from .agent_loop import train_agent
 from .checkpoint import CheckpointError
 from .config import TrainConfig
-from .loop import train_task
+from .loop import train_loop
 from .rundir import _RUN, _Run
 
 __all__ = ["train"]
@@ -29,9 +28,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     run = _Run()
     token = _RUN.set(run)
     try:
-        if cfg.env is not None:  # multi-turn agents in a text environment
-            return train_agent(cfg, resume=resume, console=console)
-        return train_task(cfg, resume=resume, console=console)
+        return train_loop(cfg, resume=resume, console=console)
     except Exception as exc:  # (not Ctrl-C: an interrupted run stays resumable)
         run.failed()
         if is_disk_full(exc):

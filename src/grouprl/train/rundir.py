@@ -1,6 +1,6 @@
 """The run directory of ``grouprl train``: creating or reopening it, its exclusive lock, its saved
 config, and the record of the run being set up (:class:`_Run`, reached with :func:`current_run`),
-which the entry point :func:`grouprl.train.run.train` cleans up. Used by both training loops."""
+which the entry point :func:`grouprl.train.run.train` cleans up. Used by the training loop (task and env runs)."""
 
 from __future__ import annotations
 
