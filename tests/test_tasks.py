@@ -8,7 +8,6 @@ from conftest import require
 
 from grouprl.core import UnknownName
 from grouprl.tasks import TASKS, Arithmetic, Example, Mixed, Task, first_line, get_task
-from grouprl.tasks import gym as gym_mod
 
 
 def prompts(examples):
