@@ -24,7 +24,7 @@ import torch
 
 from grouprl.train import build_config, parse_overrides, train
 from grouprl.train.logging import read_jsonl
-from grouprl.train.loop import shipped_warm_start
+from grouprl.train.task_source import shipped_warm_start
 
 PHASES = ("rollout", "logprobs", "advantages", "update")
 

@@ -107,7 +107,7 @@ def grouprl_step_times(a: argparse.Namespace, tmp: str, spans: Spans | None = No
             **build_overrides(a.grouprl),
         }
     )
-    from grouprl.train import loop
+    from grouprl.train import loop, task_source
 
     stamps: list[float] = []
     update = loop._Progress.update
@@ -120,7 +120,7 @@ def grouprl_step_times(a: argparse.Namespace, tmp: str, spans: Spans | None = No
 
     loop._Progress.update = stamped
     if spans is not None:
-        spans.patch(loop, "sample", "generate (sampling)")
+        spans.patch(task_source, "sample", "generate (sampling)")
         spans.patch(loop, "response_logprobs", "forward with grad (update)")
         spans.patch(loop, "_forward_logprobs", "old-policy forward")
         spans.patch(torch.Tensor, "backward", "backward")

@@ -40,7 +40,7 @@ def test_resume_round_trip(tmp_path):
     train(_cfg(tmp_path, "full", steps=3, save_every=1))
     train(_cfg(tmp_path, "part", steps=1, save_every=1))
     train(resume_config(tmp_path / "part", {"steps": 3}), resume=tmp_path / "part")
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]  # noqa: E731
     assert strip(read_jsonl(tmp_path / "part" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "full" / "metrics.jsonl"))
     part_eval = [r for r in read_jsonl(tmp_path / "part" / "eval.jsonl") if r["step"] != 1]  # the 1-step run's final eval
     assert part_eval == read_jsonl(tmp_path / "full" / "eval.jsonl")
@@ -83,16 +83,16 @@ def test_unknown_expert_and_bad_env(tmp_path):
 def test_agent_loop_bf16_autocast_on_cpu(tmp_path, monkeypatch):
     import math
 
-    import grouprl.train.agent_loop as agent_loop
+    import grouprl.train.loop as loop_mod
 
     seen = []
-    real = agent_loop.autocast
+    real = loop_mod.autocast
 
     def recording(device, precision):
         seen.append((device.type, precision))
         return real(device, precision)
 
-    monkeypatch.setattr(agent_loop, "autocast", recording)
+    monkeypatch.setattr(loop_mod, "autocast", recording)
     train(_cfg(tmp_path, "bf16", device="cpu", precision="bf16"))
     rows = read_jsonl(tmp_path / "bf16" / "metrics.jsonl")
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
@@ -107,7 +107,7 @@ def test_agent_loop_auto_device_is_the_cpu_path(tmp_path):
         pytest.skip("auto picks CUDA here")
     train(_cfg(tmp_path, "auto", device="auto", precision="auto"))
     train(_cfg(tmp_path, "cpu", device="cpu", precision="fp32"))
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]  # noqa: E731
     assert strip(read_jsonl(tmp_path / "auto" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "cpu" / "metrics.jsonl"))
     assert read_jsonl(tmp_path / "auto" / "eval.jsonl") == read_jsonl(tmp_path / "cpu" / "eval.jsonl")
 
@@ -261,18 +261,18 @@ def _agent_expected(est, b):
 
 @pytest.mark.parametrize("estimator", ["gigpo", "grpo", "salt", "mars", "advevo_public"])
 def test_agent_estimators_exact_on_the_trainers_batches(tmp_path, monkeypatch, estimator):
-    import grouprl.train.agent_loop as agent_loop
+    import grouprl.train.methods as methods_mod
 
     monkeypatch.setitem(ENVS._items, "_parity", _ParityEnv)
     recs = []
-    real = agent_loop.compute_advantages
+    real = methods_mod.compute_advantages
 
     def recording(est, batch, **kw):
         adv = real(est, batch, **kw)
         recs.append((batch, adv.detach().double().numpy()))
         return adv
 
-    monkeypatch.setattr(agent_loop, "compute_advantages", recording)
+    monkeypatch.setattr(methods_mod, "compute_advantages", recording)
     train(_cfg(tmp_path, estimator, estimator=estimator, env="_parity", group_size=3, instruction="Go."))
     rows = read_jsonl(tmp_path / estimator / "metrics.jsonl")
     assert len(recs) == len(rows) == 2

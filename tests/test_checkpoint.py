@@ -7,13 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import grouprl
 from grouprl.train import CheckpointError, ConfigError, build_config, resume_config, train
+from grouprl.train.config import flatten_sections
 from grouprl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grouprl.train.logging import read_jsonl
 from test_reliability import _children as children, wait_gone
@@ -159,3 +162,38 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     wa = load_file(str(latest_checkpoint(full / "checkpoints") / "model.safetensors"))
     wb = load_file(str(latest_checkpoint(run / "checkpoints") / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _as_older_version(run: Path, field: str) -> None:
+    """Make ``run`` look written by a version without ``field``: its config.yaml lacks the field and
+    its newest checkpoint has the old record (a hash over the fields that version had, no field list)."""
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    flat = flatten_sections(saved, where="test")
+    old_fields = [f for f in flat if f != field]
+    (run / "config.yaml").write_text(yaml.safe_dump({k: flat[k] for k in old_fields}))
+    ckpt = latest_checkpoint(run / "checkpoints")
+    state_file = ckpt / "state.json"
+    record = json.loads(state_file.read_text())
+    items = [kv for kv in record["state"]["__dict__"] if kv[0] != "config_fields"]  # (key, value) pairs
+    old_hash = build_config({k: flat[k] for k in old_fields}).compat_hash(old_fields)
+    record["state"]["__dict__"] = [[k, old_hash if k == "config_hash" else v] for k, v in items]
+    state_file.write_text(json.dumps(record))
+
+
+def test_checkpoint_from_a_version_without_a_field_resumes(tmp_path):
+    """A field added after a run was written takes its default on resume; the run continues. The
+    old record's hash covers the fields of that version's config.yaml (every version writes all)."""
+    run = Path(train(build_config(tiny_overrides(tmp_path, name="old", steps=2)))["run_dir"])
+    _as_older_version(run, "max_failed_reward_steps")  # a resumable field: not hashed anyway
+    _as_older_version(run, "overlong_factor")  # hashed: the old hash lacks it
+    summary = train(resume_config(run, {"steps": 3}), resume=run)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    assert summary["run_dir"] == str(run)
+
+
+def test_checkpoint_from_a_version_without_a_field_refuses_a_non_default_value(tmp_path):
+    run = Path(train(build_config(tiny_overrides(tmp_path, name="old", steps=2)))["run_dir"])
+    _as_older_version(run, "overlong_factor")
+    cfg = resume_config(run, {"steps": 3}).model_copy(update={"overlong_factor": 0.5})  # not what the run used
+    with pytest.raises(CheckpointError, match=r"predates the field\(s\) overlong_factor"):
+        train(cfg, resume=run)

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from grouprl import Rollouts, compute_advantages
-from grouprl.core import factorize, group_stats
+from grouprl.core import (
+    cap_per_group,
+    factorize,
+    group_stats,
+    reverse_discounted_cumsum,
+)
 
 
 def ones(b, t=3):
@@ -203,3 +208,68 @@ def test_diagnostics_count_singletons_and_dead_groups():
     assert info["num_groups"].item() == 3
     assert info["num_singleton_groups"].item() == 1
     assert info["num_constant_groups"].item() == 2
+
+
+def test_cap_per_group():
+    """SPO-tree's edge cap: at most k of the kept rows per group, a different random subset per seed."""
+    keep = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    seen = torch.zeros(10)
+    for s in range(40):
+        out = cap_per_group(keep, group, 2, torch.Generator().manual_seed(s))
+        assert not bool((out & ~keep).any())
+        counts = torch.zeros(3, dtype=torch.int64).index_add_(0, group, out.long())
+        assert counts.tolist() == [2, 1, 2]
+        seen += out
+    assert bool((seen[keep] > 0).all())  # every kept row is chosen sometimes: a random subset
+    assert cap_per_group(keep, group, 0).sum() == 0 and torch.equal(cap_per_group(keep, group, 4), keep)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        cap_per_group(keep, group[:3], 2)
+    with pytest.raises(ValueError, match="k >= 0"):
+        cap_per_group(keep, group, -1)
+
+
+# ---------------------------------------------------------------- the discounted scan
+def _plain_scan(x: torch.Tensor, d) -> torch.Tensor:
+    """The reference: the recurrence y_t = x_t + d·y_{t+1}, one time step at a time, in float64."""
+    x = x.double()
+    d = torch.as_tensor(d, dtype=torch.float64)
+    y = torch.zeros_like(x)
+    run = torch.zeros(x.shape[:-1], dtype=torch.float64)
+    for t in reversed(range(x.shape[-1])):
+        run = x[..., t] + d * run
+        y[..., t] = run
+    return y
+
+
+@pytest.mark.parametrize("T", [0, 1, 5, 32, 33, 100, 1100])
+@pytest.mark.parametrize("d", [0.0, 0.5, 0.9405, 1.0])
+def test_discounted_scan_matches_the_plain_recurrence(T, d):
+    x = torch.randn(3, T, generator=torch.Generator().manual_seed(T))
+    expected = _plain_scan(x, d)
+    got = reverse_discounted_cumsum(x, d)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    scale = max([1.0, *expected.abs().flatten().tolist()])
+    assert torch.allclose(got.double(), expected, rtol=0, atol=1e-5 * scale)
+    assert torch.allclose(reverse_discounted_cumsum(x, d, sign=-1.0), -got)
+    # float64 in: float64 out, to float64 rounding (GiGPO's and MARS's returns, ReMax's return-to-go)
+    got64 = reverse_discounted_cumsum(x.double(), d)
+    assert got64.dtype == torch.float64
+    assert torch.allclose(got64, expected, rtol=0, atol=1e-12 * scale)
+
+
+def test_discounted_scan_per_row_discount_batch_dims_and_out():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 70, generator=g, dtype=torch.float64)
+    d = torch.tensor([0.0, 0.5, 0.95, 1.0], dtype=torch.float64)  # one discount per row (GAE's γλ with a per-row λ)
+    got = reverse_discounted_cumsum(x, d)
+    for b in range(4):
+        assert torch.allclose(got[b], _plain_scan(x[b], float(d[b])), rtol=1e-12, atol=1e-12)
+    x3 = torch.randn(2, 3, 40, generator=g, dtype=torch.float64)  # any leading dimensions
+    assert torch.allclose(reverse_discounted_cumsum(x3, 0.9), _plain_scan(x3, 0.9), rtol=1e-12, atol=1e-12)
+    out = torch.empty(2, 64, dtype=torch.float64)
+    x2 = torch.randn(2, 64, generator=g, dtype=torch.float64)
+    res = reverse_discounted_cumsum(x2, 0.7, out=out)
+    assert torch.allclose(out, _plain_scan(x2, 0.7), rtol=1e-12, atol=1e-12) and res.data_ptr() == out.data_ptr()
+    with pytest.raises(ValueError, match="per-row d"):
+        reverse_discounted_cumsum(x, d[:2])

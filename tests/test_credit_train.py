@@ -11,8 +11,9 @@ import pytest
 import torch
 from test_train import tiny_overrides
 
+from grouprl.models import ValueModel
 from grouprl.train import ConfigError, build_config, load_config, train
-from grouprl.train.credit import CriticCredit, ValueModel
+from grouprl.train.credit import CriticCredit
 from grouprl.train.logging import read_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -112,6 +113,8 @@ def test_value_model_and_critic_state_roundtrip(tmp_path):
     # left padding does not change a row's values
     v1 = vm(pids[:1, 1:], pm[:1, 1:], rids[:1], rm[:1])
     assert torch.allclose(v1, v[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="same N rows"):
+        vm(pids[:1], pm[:1], rids, rm)
     cfg = build_config(tiny_overrides(tmp_path, estimator="egae", credit="critic"))
     a, b = CriticCredit(cfg, pol), CriticCredit(cfg, pol)
     torch.nn.init.normal_(a.critic.head.weight)
@@ -133,21 +136,6 @@ def test_critic_run_resumes(tmp_path, credit, estimator, kw):
     assert a[-1]["loss"] == pytest.approx(b[-1]["loss"], rel=1e-5)
     if credit == "tppo":  # the in-flight pool came back from the checkpoint
         assert a[-1]["tppo/continued"] == b[-1]["tppo/continued"] > 0
-
-
-def test_cap_per_group():
-    from grouprl.train.credit import cap_per_group
-
-    keep = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool)
-    group = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
-    seen = torch.zeros(10)
-    for s in range(40):
-        out = cap_per_group(keep, group, 2, torch.Generator().manual_seed(s))
-        assert not bool((out & ~keep).any())
-        counts = torch.zeros(3, dtype=torch.int64).index_add_(0, group, out.long())
-        assert counts.tolist() == [2, 1, 2]
-        seen += out
-    assert bool((seen[keep] > 0).all())  # every kept row is chosen sometimes: a random subset
 
 
 def test_spo_chain_unfinished_reward(tmp_path):
@@ -215,6 +203,7 @@ def _record_tppo(monkeypatch) -> list[dict]:
     """Per step: the rows trained on, their advantages and loss mask (as update_policy receives them),
     and the batch / pool / metrics the T-PPO hook saw after the update."""
     import grouprl.train.loop as loop_mod
+    import grouprl.train.task_source as source_mod
     from grouprl.train.credit import TppoCredit
 
     steps: list[dict] = []
@@ -232,7 +221,7 @@ def _record_tppo(monkeypatch) -> list[dict]:
                          pool=self.pool, pool_born=self.pool_born.clone(), metrics=dict(out))
         return out
 
-    evaluate = loop_mod.evaluate
+    evaluate = source_mod.evaluate
 
     def recording_evaluate(*a, **kw):
         steps.append({"eval_max_new_tokens": kw["max_new_tokens"]})
@@ -240,7 +229,7 @@ def _record_tppo(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(loop_mod, "update_policy", recording_update)
     monkeypatch.setattr(TppoCredit, "after_update", recording_after)
-    monkeypatch.setattr(loop_mod, "evaluate", recording_evaluate)
+    monkeypatch.setattr(source_mod, "evaluate", recording_evaluate)
     return steps
 
 

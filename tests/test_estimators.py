@@ -353,24 +353,6 @@ def test_registered_with_paper_doc_and_runnable_example(name):
     assert torch.isfinite(out).all() and bool((out != 0).any())
 
 
-# ------------------------------------------------------------------ the loop-free scan itself
-@pytest.mark.parametrize("T", [1, 5, 32, 33, 100, 1100])
-@pytest.mark.parametrize("d", [0.0, 0.5, 0.9405, 1.0])
-def test_discounted_suffix_sum_matches_the_recurrence(T, d):
-    from grouprl.advantages._returns import discounted_suffix_sum
-
-    x = torch.randn(3, T, generator=torch.Generator().manual_seed(T))
-    expected = torch.zeros(3, T, dtype=torch.float64)
-    run = torch.zeros(3, dtype=torch.float64)
-    for t in reversed(range(T)):
-        run = x[:, t].double() + d * run
-        expected[:, t] = run
-    got = discounted_suffix_sum(x, d)
-    assert got.shape == x.shape
-    assert (got.double() - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
-    assert torch.allclose(discounted_suffix_sum(x, d, sign=-1.0), -got)
-
-
 @pytest.mark.parametrize("gaps", [False, True])
 def test_row_blocks_do_not_change_the_result(gaps):
     """Blocks of rows (cache-sized) combine their whitening statistics exactly."""
@@ -415,3 +397,26 @@ def test_gae_and_reinforce_pp_long_responses(T, gaps):
     close(adv, exp_adv, atol=5e-5)
     close(ret, exp_ret, atol=5e-5)
     close(compute_advantages("reinforce_pp", b, gamma=0.999, whiten=False), ref.reinforce_pp(tr, d["mask"], 0.999, False), atol=5e-5)
+
+
+# ------------------------------------------------------------------ the one name resolver
+def test_resolve_names_expressions_and_estimators():
+    from grouprl.advantages import Estimator, get, resolve
+    from grouprl.core import UnknownName
+
+    one = resolve("grpo", eps=1e-4)
+    assert isinstance(one, Estimator) and [(w, i.name, k) for w, i, k in one.terms] == [(1.0, "grpo", {"eps": 1e-4})]
+    two = resolve("0.7*grpo + 0.3*rloo | clip(3)")
+    assert [(w, i.name) for w, i, _ in two.terms] == [(0.7, "grpo"), (0.3, "rloo")] and two.transforms == [("clip", {"value": 3.0})]
+    est = get("rloo")
+    assert resolve(est) is est
+    with pytest.raises(UnknownName, match="did you mean 'grpo'"):
+        resolve("grpoo")
+    with pytest.raises(UnknownName, match="did you mean 'rloo'"):
+        resolve("0.5*grpo + 0.5*rlooo")
+    with pytest.raises(TypeError, match="unknown hyperparameter 'epss'"):
+        resolve("grpo", epss=1e-4)
+    with pytest.raises(TypeError, match="bind them with"):
+        resolve(est, eps=1e-4)
+    with pytest.raises(TypeError, match="not int"):
+        resolve(3)

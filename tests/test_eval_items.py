@@ -11,7 +11,7 @@ import pytest
 from grouprl.tasks import get_task
 from grouprl.train import build_config, train
 from grouprl.train.logging import read_jsonl
-from grouprl.train.loop import eval_item_ids, eval_subset
+from grouprl.train.task_source import eval_item_ids, eval_subset
 from test_train import tiny_overrides
 
 

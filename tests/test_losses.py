@@ -18,6 +18,8 @@ from grouprl.losses import (
     kl_penalty,
     policy_loss,
     register_loss,
+    rollout_is,
+    rollout_is_weights,
     run_example,
     token_losses,
     value_loss,
@@ -472,3 +474,47 @@ def test_dp_size_scales_the_loss_not_the_metrics_and_tensor_coefficients():
     b, mb = policy_loss("gpg", lp, lp.detach(), adv, ones(1, 2), ref_logprobs=ref, kl_coef=torch.tensor(0.1), dp_size=4)
     assert b.item() == pytest.approx(4 * a.item())
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+# ---------------------------------------------------------------- rollout importance weights (grouprl.losses.importance)
+def test_rollout_is_weights_token_and_sequence():
+    old = torch.tensor([[0.0, math.log(3.0), math.log(0.5)], [math.log(1.5), 5.0, 0.0]])
+    samp = torch.zeros(2, 3)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    w, m = rollout_is_weights(old, samp, mask, level="token", cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, 2.0, 0.5], [1.5, 0.0, 0.0]]), atol=1e-6)
+    assert m["rollout_is/clipped"] == pytest.approx(1 / 4)
+    assert m["rollout_is/mean"] == pytest.approx((1 + 2 + 0.5 + 1.5) / 4, abs=1e-6)
+    ws, ms = rollout_is_weights(old, samp, mask, level="sequence", cap=2.0)
+    # row 0: exp(log 3 + log .5) = 1.5 on every valid token; row 1: 1.5 (the masked 5.0 ignored)
+    assert torch.allclose(ws, torch.tensor([[1.5, 1.5, 1.5], [1.5, 0.0, 0.0]]), atol=1e-6)
+    assert ms["rollout_is/clipped"] == 0.0
+    ws, ms = rollout_is_weights(old, samp, mask, level="sequence", cap=1.2)
+    assert torch.allclose(ws[0], torch.full((3,), 1.2))
+    assert ms["rollout_is/clipped"] == 1.0
+    with pytest.raises(ValueError, match="same"):
+        rollout_is_weights(old, samp[:, :2], mask)
+    with pytest.raises(ValueError, match=r"\(B, T\)"):  # one row without its batch dimension
+        rollout_is_weights(old[0], samp[0], mask[0])
+    with pytest.raises(ValueError, match="level"):
+        rollout_is_weights(old, samp, mask, level="row")
+    with pytest.raises(ValueError, match="cap"):
+        rollout_is_weights(old, samp, mask, cap=0.0)
+
+
+def test_rollout_is_switch_and_weighted_loss():
+    """The rollout_is switch; the weights multiply the PPO-clip token loss inside policy_loss."""
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(4, 5, generator=g) * 0.3
+    old = lp + torch.randn(4, 5, generator=g) * 0.3
+    samp = old + torch.randn(4, 5, generator=g) * 1.5
+    adv = torch.randn(4, 5, generator=g)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    assert rollout_is(old, samp, mask, level="none", cap=2.0) == (None, {})
+    with pytest.raises(ValueError, match="sampling log-probs"):
+        rollout_is(old, None, mask, level="token", cap=2.0)
+    w, metrics = rollout_is(old, samp, mask, level="token", cap=2.0)
+    assert metrics["rollout_is/clipped"] > 0  # the noise is large enough to hit the cap
+    loss, _ = policy_loss("ppo_clip", lp, old, adv, mask, rollout_is_weights=w)
+    tok, _ = token_losses("ppo_clip", lp, old, adv, mask)
+    assert torch.allclose(loss, (tok * w).mean(), atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from grouprl import Rollouts, compute_advantages
+from grouprl import Rollouts
 from grouprl.cli import app
 from grouprl.rewards.preferences import (
     FEATURES,

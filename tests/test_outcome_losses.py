@@ -8,7 +8,7 @@ import torch
 from grouprl import Rollouts
 from grouprl.advantages.copo import copo_terms
 from grouprl.losses import LOSSES, normalizers, policy_loss, run_example, token_losses
-from grouprl.losses.confucius3 import TargetedEntropyRegularizer, ter_loss
+from grouprl.losses.ter import TargetedEntropyRegularizer, ter_loss
 
 
 # ------------------------------------------------------------------------------------ NGRPO

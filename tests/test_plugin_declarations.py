@@ -4,8 +4,10 @@ Every estimator and loss that the verl plug-in registers is called exactly as ve
 (``compute_advantage``: ``fn(token_level_rewards=, response_mask=, config=<algorithm DictConfig>,
 index=uid[, reward_baselines=])``; ``ppo_loss``: ``fn(old_log_prob=, log_prob=, advantages=,
 response_mask=, loss_agg_mode=, config=<ActorConfig>, rollout_is_weights=)``) with the declared
-fields supplied in a DataProto (``grouprl_data``), and compared with grouprl's direct call; without a
-declared field the call raises an error naming it.
+fields supplied in a DataProto (``grouprl_data``: the step's stored inputs for a loss with an
+``inputs`` hook) or verl's model output (``token_entropy``), and compared with grouprl's direct call;
+without a declared field the call raises an error naming it. The actor path itself (verl's
+mini/micro-batching and ppo_loss) is tests/test_verl_actor_path.py.
 """
 
 from __future__ import annotations
@@ -132,34 +134,40 @@ def _verl_loss_call(name, old, lp, adv, mask, **extra):
               config=_actor_config(), rollout_is_weights=None, **extra)
 
 
-# Losses with a per-step input that verl 0.9.1's ppo_loss computes but does not pass to a policy
-# loss (hapo: the policy's per-token entropies, ``token_entropy``): refused with the input named.
-NOT_UNDER_VERL = {"hapo": "token_entropy"}
+# Losses taking a keyword that the wrapped ppo_loss fills from verl's model output (hapo:
+# ``token_entropy``); called as verl calls them with nothing else, they name it.
+FROM_MODEL_OUTPUT = sorted(n for n, i in LOSSES.items() if set(i.defaults) & set(gv.MODEL_OUTPUT_KEYWORDS))
 
 
-def test_a_loss_needing_an_input_verl_does_not_pass_names_it():
+def test_a_loss_needing_verls_model_output_names_it_outside_ppo_loss():
+    assert FROM_MODEL_OUTPUT == ["hapo"]
     old, lp, adv, mask, *_ = _loss_batch()
-    for name, kw in NOT_UNDER_VERL.items():
-        with pytest.raises(ValueError, match=rf"'{name}' needs {kw}="):
+    for name in FROM_MODEL_OUTPUT:
+        with pytest.raises(ValueError, match=r"needs token_entropy=.*calculate_entropy=True|needs token_entropy=.*ppo_loss"):
             _verl_loss_call(name, old, lp, adv, mask)
 
 
-@pytest.mark.parametrize("name", sorted(set(LOSSES) - set(NOT_UNDER_VERL)))
+@pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_runs_under_verls_call_and_equals_the_direct_call(name):
+    """verl's seven values, plus what the plug-in's wrappers add: the micro-batch holding the
+    step's stored inputs (hooked losses) or the model output's entropy (token_entropy)."""
     old, lp, adv, mask, tlr, uid, answer, data = _loss_batch()
     info = LOSSES[name]
-    extra = {"grouprl_data": data} if info.inputs is not None else {}
-    loss, metrics = _verl_loss_call(name, old, lp, adv, mask, **extra)
+    extra = {}
     kw = dict(gv._actor_hparams(name, _actor_config(), info.defaults))
     kw.setdefault("respect_agg", name not in gv._VERL_OWN_AGG)
     direct_adv = adv
     if info.inputs is not None:  # the declared hook, on the batch built from the declared fields
+        gv.store_loss_inputs(data, name)
+        extra["grouprl_data"] = data
         li = info.inputs(Rollouts(rewards=tlr.sum(-1), group=uid, mask=mask, token_rewards=tlr,
                                   **{f: torch.as_tensor(answer) for f in info.needs}))
         direct_adv = li.advantages
         kw.update({**li.row_kwargs, **li.kwargs})
-        for k, v in li.metrics.items():
-            assert metrics[f"actor/grouprl/{k}"] == pytest.approx(v)
+    if name in FROM_MODEL_OUTPUT:
+        ent = torch.rand(mask.shape, generator=torch.Generator().manual_seed(5)) * 2
+        extra["token_entropy"] = kw["token_entropy"] = ent
+    loss, _ = _verl_loss_call(name, old, lp, adv, mask, **extra)
     want, _ = policy_loss(name, lp, old, direct_adv, mask, agg="token-mean", **kw)
     torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-7)
 
@@ -171,11 +179,13 @@ HOOKED = sorted(n for n, i in LOSSES.items() if i.inputs is not None)
 def test_a_hooked_loss_without_its_declared_field_names_it(name):
     old, lp, adv, mask, tlr, uid, answer, data = _loss_batch()
     need = LOSSES[name].needs[0]
-    with pytest.raises(ValueError, match=rf"'{need}'.*grouprl_data.*non_tensor_batch\['{need}'\]"):
-        _verl_loss_call(name, old, lp, adv, mask)  # verl's exact call: no DataProto
+    with pytest.raises(ValueError, match=rf"'{need}'.*non_tensor_batch\['{need}'\].*trainer.use_v1=False"):
+        _verl_loss_call(name, old, lp, adv, mask)  # verl's exact call: no step inputs
+    with pytest.raises(ValueError, match=rf"'{need}'.*non_tensor_batch\['{need}'\].*trainer.use_v1=False"):
+        _verl_loss_call(name, old, lp, adv, mask, grouprl_data=data)  # a DataProto without them
     data.non_tensor_batch.pop(need)
-    with pytest.raises(ValueError, match=rf"needs the DataProto field '{need}'.*non_tensor_batch\['{need}'\]"):
-        _verl_loss_call(name, old, lp, adv, mask, grouprl_data=data)
+    with pytest.raises(ValueError, match=rf"needs the DataProto field '{need}'.*reward function.*non_tensor_batch\['{need}'\]"):
+        gv.store_loss_inputs(data, name)
 
 
 def test_copo_is_in_the_hooked_losses():
@@ -185,6 +195,7 @@ def test_copo_is_in_the_hooked_losses():
 
 # ------------------------------------------------------------------------------------------- TRL
 def test_trl_refuses_methods_whose_declared_needs_it_cannot_supply():
+    """(The full sweep is tests/test_trl_declarations.py.)"""
     require("trl")
     from grouprl.advantages import get as get_est
     from grouprl.integrations.trl import TRL_SUPPLIES, check_declarations
@@ -194,8 +205,8 @@ def test_trl_refuses_methods_whose_declared_needs_it_cannot_supply():
     for name, info in ESTIMATORS.items():
         unsupplied = [f for f in info.needs if f not in TRL_SUPPLIES]
         if unsupplied:
-            with pytest.raises(ValueError, match=rf"estimator '{name}' needs the batch field\(s\) '{unsupplied[0]}'"):
+            with pytest.raises(ValueError, match=rf"estimator '{name}' needs the batch field '{unsupplied[0]}'"):
                 check_declarations(get_est(name))
     for name in HOOKED:
-        with pytest.raises(ValueError, match=rf"policy loss '{name}' needs the batch field\(s\) 'answer'"):
+        with pytest.raises(ValueError, match=rf"policy loss '{name}' needs the batch field 'answer'"):
             check_declarations(get_est("grpo"), name)

@@ -61,7 +61,7 @@ def test_single_agent_is_q_minus_v():
 
 def test_errors():
     b = Rollouts(rewards=[0.0], group=[0], mask=torch.ones(1, 1), trajectory=[0], step=[0], agent=[0])
-    with pytest.raises(ValueError, match="extras\\['q_values'\\]"):
+    with pytest.raises(ValueError, match="needs the batch field\\(s\\) 'q_values', 'state_values'.*extras=\\{'q_values'"):
         adv(b)
     with pytest.raises(ValueError, match="rows 0 and 1 have the same decision \\(group, trajectory, step\\) and agent \\(1\\)"):
         adv(batch([0.6, 0.5], [0.4, 0.4], [1, 1]))

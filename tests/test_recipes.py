@@ -12,7 +12,13 @@ from grouprl.envs import ENVS
 from grouprl.recipes import RECIPES, expand_method
 from grouprl.sampling import SAMPLERS
 from grouprl.tasks import TASKS
-from grouprl.train.config import ConfigError, build_config, load_config, parse_overrides
+from grouprl.train.config import (
+    ConfigError,
+    build_config,
+    load_config,
+    parse_overrides,
+    read_config_file,
+)
 from grouprl.train.credit import CREDITS
 
 runner = CliRunner()
@@ -148,7 +154,7 @@ def test_each_task_recipe_trains_two_steps(tmp_path, name):
     rows = read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in rows)
-    saved = yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())
+    saved = read_config_file(tmp_path / "runs" / name / "config.yaml")  # nested by section, read flat
     assert saved["method"] == name and saved["estimator"] == RECIPES[name].fields["estimator"]
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -30,7 +29,7 @@ from grouprl.cli import app
 from grouprl.train import CheckpointError, ConfigError, build_config, resume_config, train
 from grouprl.train.checkpoint import latest_checkpoint
 from grouprl.train.logging import read_jsonl
-from grouprl.train.loop import RewardFunctionError, load_reward_fn
+from grouprl.train.task_source import RewardFunctionError, load_reward_fn
 from test_train import tiny_overrides
 
 TESTS = Path(__file__).resolve().parent

@@ -207,6 +207,28 @@ def test_egae_bootstrap_with_discount_and_value_mask():
         compute_advantages("egae", Rollouts(rewards=[1.0], group=[0], mask=torch.ones(1, 4), values=V))
 
 
+def test_value_targets_monte_carlo_and_finished_only():
+    """The critic's targets with λ = 1 are Monte-Carlo returns R_t = Â_t + V_t: the outcome reward on
+    every token of a finished row; T-PPO's filter drops the truncated row, whose EGAE target is the
+    bootstrap V(s_{l−1}) = 0.4 on every token."""
+    from grouprl.advantages.value_targets import value_targets
+
+    values = torch.cat([V, V])
+    b = Rollouts(rewards=[1.0, 0.0], group=[0, 1], mask=torch.ones(2, 4, dtype=torch.bool), values=values,
+                 truncated=[False, True])
+    ret, vmask = value_targets(b, gamma=1.0, lam=1.0)
+    assert torch.allclose(ret, torch.tensor([[1.0] * 4, [0.0] * 4]), atol=1e-6) and bool(vmask.all())
+    ret, vmask = value_targets(b, gamma=1.0, lam=1.0, finished_only=True)
+    assert torch.allclose(ret, torch.tensor([[1.0] * 4, [0.4] * 4]), atol=1e-6)
+    assert vmask.tolist() == [[True] * 4, [False] * 4]
+    # GAE's own returns (λ < 1) are what the trainer regressed on before this function existed
+    assert torch.equal(value_targets(b, gamma=0.9, lam=0.8)[0], gae_with_returns(b, gamma=0.9, lam=0.8, whiten=False)[1])
+    with pytest.raises(ValueError, match="values="):
+        value_targets(Rollouts(rewards=[1.0], group=[0], mask=torch.ones(1, 4)))
+    with pytest.raises(ValueError, match="truncated="):
+        value_targets(Rollouts(rewards=[1.0], group=[0], mask=torch.ones(1, 4), values=V), finished_only=True)
+
+
 # ------------------------------------------------------------------ length-adaptive λ (T-PPO §2.2, VAPO)
 def test_length_adaptive_lam_values():
     from grouprl.advantages.egae import length_adaptive_lam

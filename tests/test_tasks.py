@@ -8,7 +8,6 @@ from conftest import require
 
 from grouprl.core import UnknownName
 from grouprl.tasks import TASKS, Arithmetic, Example, Mixed, Task, first_line, get_task
-from grouprl.tasks import gym as gym_mod
 
 
 def prompts(examples):
@@ -241,7 +240,7 @@ def test_reversed_tasks_write_the_answer_least_significant_digit_first(name):
 
 def test_task_kwargs_reach_the_task_and_bad_ones_are_config_errors():
     from grouprl.train import ConfigError, build_config
-    from grouprl.train.loop import load_task
+    from grouprl.train.task_source import load_task
 
     t = load_task(build_config({"task": "add3r", "task_kwargs": {"train_size": 1234}}))
     assert len(t.train_pool) == 1234 and t.name == "add3r"

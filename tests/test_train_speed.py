@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import ast
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from grouprl.advantages.registry import ESTIMATORS
-from grouprl.losses import normalizers
 from grouprl.rollout import Generation, response_logprobs, sample
 from grouprl.train import build_config, train
 from grouprl.train.logging import JsonlWriter, read_jsonl
@@ -208,13 +206,19 @@ def test_update_with_its_own_logprobs_refuses_several_optimizer_steps():
     ({"rollout_is": "token"}, "recompute"),
     ({"ter": True}, "recompute"),
     ({"credit": "hapo"}, "recompute"),
-    ({"estimator": "optimal_token_baseline"}, "recompute"),  # needs old_logprobs
     ({"estimator": "canon"}, "recompute"),  # reads the old entropies when the batch has no metric
     ({"old_logprobs": "recompute"}, "recompute"),
     ({"old_logprobs": "sampling"}, "sampling"),
 ])
 def test_old_logprobs_source(kw, want):
     assert old_logprobs_source(build_config(kw)) == want
+
+
+def test_old_logprobs_source_of_an_estimator_that_needs_them():
+    # optimal_token_baseline needs old_logprobs (and sum_pi_squared, which no trainer rollout provides,
+    # so its config is refused at load: tests/test_modes.py); the decision reads the declaration
+    cfg = build_config({}).model_copy(update={"estimator": "optimal_token_baseline"})
+    assert old_logprobs_source(cfg) == "recompute"
 
 
 def test_every_estimator_that_reads_old_policy_fields_is_resolved_to_recompute():

@@ -219,8 +219,11 @@ def test_rg_task_needs_a_dataset():
 
 def test_good_names_load(tmp_path):
     cfg = _cfg("task=mix:add1,sub2", "reward_fn=pkg.mod:score", "estimator=maxmin", "reward_components=[task, pkg.mod:brevity]",
-               f"model={tmp_path}", "env=gridworld", "task=no_such_task_but_env_runs_ignore_it")
+               f"model={tmp_path}")
     assert cfg.model == str(tmp_path)
+    # env runs do not read task=: a task set beside env= is refused, not ignored (tests/test_modes.py)
+    with pytest.raises(ConfigError, match="task='no_such_task' with env runs"):
+        _cfg("env=gridworld", "task=no_such_task")
     assert _cfg("init=/ckpt/checked/when/the/run/starts", "model=ignored_with_init").model == "ignored_with_init"
 
 

@@ -12,7 +12,7 @@ import torch
 from grouprl import warmstarts
 from grouprl.train import ConfigError, build_config, train
 from grouprl.train.logging import read_jsonl
-from grouprl.train.loop import eval_subset, load_initial_model, load_task, make_guard, shipped_warm_start
+from grouprl.train.task_source import eval_subset, load_initial_model, load_task, make_guard, shipped_warm_start
 
 from test_train import tiny_overrides
 

@@ -1,6 +1,7 @@
 """Floor 2: advantage estimators, one module per paper family, and their registry.
 
-``compute_advantages(name, batch, **hparams)`` is the entry point; ``ESTIMATORS`` lists them.
+``compute_advantages(name, batch, **hparams)`` is the entry point; ``ESTIMATORS`` lists them;
+``resolve(name_or_expression, **hparams)`` turns a name or an expression into an ``Estimator``.
 """
 
 from .registry import (
@@ -13,6 +14,7 @@ from .registry import (
     get,
     group_diagnostics,
     parse,
+    resolve,
     transform,
 )
 
@@ -39,5 +41,6 @@ __all__ = [
     "get",
     "group_diagnostics",
     "parse",
+    "resolve",
     "transform",
 ]

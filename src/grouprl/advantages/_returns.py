@@ -1,6 +1,6 @@
-"""Token-level returns without a Python loop over time: reward placement, the discounted suffix
-sum (a two-level chunked matmul scan), GAE / reward-to-go with optional batch whitening, and
-per-row batch whitening.
+"""Token-level returns without a Python loop over time: reward placement, GAE / reward-to-go with
+optional batch whitening (on the core's discounted scan, ``grouprl.core.reverse_discounted_cumsum``),
+and per-row batch whitening.
 
 Masked positions *inside* a response (an observation span of an agent turn) are bridged as in verl:
 the recurrence skips them, carrying the next value and the running return through unchanged. That
@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import Rollouts
+from ..core import Rollouts, reverse_discounted_cumsum
 from ._masks import Compaction, float_mask
 
 __all__ = [
-    "discounted_suffix_sum",
     "discounted_advantages",
     "place_token_rewards",
     "row_whiten",
@@ -46,77 +45,7 @@ def place_token_rewards(batch: Rollouts) -> Tensor:
     return out.scatter_(1, last.unsqueeze(1), r.unsqueeze(1))
 
 
-_CHUNK = 32  # within-chunk scan as a (C, C) matmul; the chunk carries recurse on (B, T / C)
 _BLOCK_ELEMS = 1 << 18  # rows are processed in blocks of about this many tokens (cache-sized)
-
-
-def _suffix_matrix(d: float, n: int, sign: float, dtype, device) -> Tensor:
-    """M[s, t] = sign·d^(s − t) for s >= t, else 0: (x @ M)[t] = sign·Σ_{s≥t} d^(s−t) x_s."""
-    i = torch.arange(n, dtype=torch.float64)
-    e = i.unsqueeze(1) - i.unsqueeze(0)
-    m = torch.where(e >= 0, sign * d ** e.clamp_min(0), torch.zeros((), dtype=torch.float64))
-    return m.to(dtype=dtype, device=device)
-
-
-def _suffix_matrix_rows(d: Tensor, n: int, sign: float, dtype) -> Tensor:
-    """Per-row ``_suffix_matrix``: M[b, s, t] = sign·d_b^(s − t) for s >= t, else 0 (B, n, n)."""
-    i = torch.arange(n, dtype=torch.float64, device=d.device)
-    e = i.unsqueeze(1) - i.unsqueeze(0)
-    m = torch.where(e >= 0, sign * d.to(torch.float64)[:, None, None] ** e.clamp_min(0), torch.zeros((), dtype=torch.float64, device=d.device))
-    return m.to(dtype=dtype)
-
-
-def discounted_suffix_sum(
-    x: Tensor, d: float | Tensor, *, sign: float = 1.0, chunk: int = _CHUNK, out: Tensor | None = None
-) -> Tensor:
-    """y_t = x_t + d·y_{t+1} along the last dimension (times ``sign``), without a loop over time.
-
-    Two levels: inside chunks of ``chunk`` steps the suffix sums are one matmul with the (C, C)
-    matrix of powers d^(s−t); the value entering each chunk from the right is itself a discounted
-    suffix sum (discount d^C) over the chunk heads, solved by recursion (depth log_C T). Only
-    non-negative powers of d appear, so any d in [0, 1] is exact to float32 rounding. ``out``: a
-    contiguous tensor shaped like ``x`` to write into (used when T is a multiple of ``chunk``).
-    ``d`` may be a (B,) tensor for a 2-D ``x`` (B, T): one discount per row (batched matmuls).
-    """
-    if isinstance(d, Tensor):
-        if x.dim() != 2 or d.shape != (x.shape[0],):
-            raise ValueError(f"discounted_suffix_sum: per-row d has shape {tuple(d.shape)}; expected ({x.shape[0]},) "
-                             f"for x of shape {tuple(x.shape)}.")
-        y = _suffix_sum_rows(x, d.to(x.device), sign, chunk)
-        return y if out is None else out.copy_(y)
-    T = x.shape[-1]
-    if T <= chunk:
-        return torch.matmul(x, _suffix_matrix(d, T, sign, x.dtype, x.device), out=out)
-    K = -(-T // chunk)
-    M = _suffix_matrix(d, chunk, sign, x.dtype, x.device)
-    if K * chunk == T:
-        xr = x.reshape(*x.shape[:-1], K, chunk)
-        local = torch.matmul(xr, M) if out is None else torch.matmul(xr, M, out=out.view(xr.shape))
-    else:
-        local = torch.nn.functional.pad(x, (0, K * chunk - T)).reshape(*x.shape[:-1], K, chunk) @ M
-    carry = discounted_suffix_sum(local[..., 0], d**chunk, chunk=chunk)  # y at each chunk's start
-    carry_in = torch.nn.functional.pad(carry[..., 1:], (0, 1))  # ... entering chunk k from k + 1
-    powers = d ** (chunk - torch.arange(chunk, dtype=torch.float64))
-    local.addcmul_(carry_in.unsqueeze(-1), powers.to(dtype=x.dtype, device=x.device))
-    y = local.reshape(*x.shape[:-1], K * chunk)
-    if K * chunk == T:
-        return y
-    return y[..., :T] if out is None else out.copy_(y[..., :T])
-
-
-def _suffix_sum_rows(x: Tensor, d: Tensor, sign: float, chunk: int) -> Tensor:
-    """``discounted_suffix_sum`` with a discount per row: the same two-level scan, batched over rows."""
-    B, T = x.shape
-    if T <= chunk:
-        return torch.bmm(x.unsqueeze(1), _suffix_matrix_rows(d, T, sign, x.dtype)).squeeze(1)
-    K = -(-T // chunk)
-    xr = torch.nn.functional.pad(x, (0, K * chunk - T)).reshape(B, K, chunk)
-    local = torch.bmm(xr, _suffix_matrix_rows(d, chunk, sign, x.dtype))  # (B, K, C)
-    carry = _suffix_sum_rows(local[..., 0], d.to(torch.float64) ** chunk, 1.0, chunk)  # y at each chunk's start
-    carry_in = torch.nn.functional.pad(carry[..., 1:], (0, 1))
-    powers = d.to(torch.float64)[:, None] ** (chunk - torch.arange(chunk, dtype=torch.float64, device=x.device))
-    local.addcmul_(carry_in.unsqueeze(-1), powers.to(dtype=x.dtype).unsqueeze(1))
-    return local.reshape(B, K * chunk)[:, :T]
 
 
 def discounted_advantages(
@@ -182,7 +111,7 @@ def discounted_advantages(
             x.scatter_add_(1, (L - 1).clamp_min(0).unsqueeze(1), r if sign > 0 else -r)
         # 0 past each row's length; right-padded rows are written straight into the output
         d_sl = d[sl] if isinstance(d, Tensor) else d
-        a = discounted_suffix_sum(x, d_sl, sign=sign, out=out[sl] if c.right_padded else None)
+        a = reverse_discounted_cumsum(x, d_sl, sign=sign, out=out[sl] if c.right_padded else None)
         if ret_out is not None:
             if values is None:
                 ret_out[sl] = c.unpack(a)

@@ -1,12 +1,11 @@
-"""AdvEvo-MARL's public baseline: one mean-return baseline per functional group (advevo-public-baseline.md).
+"""AdvEvo-MARL's public baseline: one mean-return baseline per functional group, arXiv:2510.01586.
 
-Spec confidence is **low**: only the abstract states the idea ("agents within the same functional
+Confidence in this reading is **low**: only the abstract states the idea ("agents within the same functional
 group share a group-level mean-return baseline"); the formula below is a proposed reading.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..core import Rollouts, group_stats

@@ -1,4 +1,4 @@
-"""CANON: Conditional Advantage Estimation (canon.md), arXiv:2509.23962.
+"""CANON: Conditional Advantage Estimation, arXiv:2509.23962 (μ of Eq. 5, α of Eq. 8).
 
 Each prompt's group is split by a per-response metric (old-policy mean token entropy, or length)
 into a low half C⁻ (the first ⌊G/2⌋ responses after a stable ascending sort) and a high half C⁺

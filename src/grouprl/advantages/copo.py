@@ -1,4 +1,4 @@
-"""COPO: Consistency-Aware Policy Optimization (copo.md), arXiv:2508.04138.
+"""COPO: Consistency-Aware Policy Optimization, arXiv:2508.04138.
 
 Three pieces, all per batch and vectorised through the group kernel:
 
@@ -93,7 +93,7 @@ def global_advantage(per_prompt: Tensor, *, eps: float = 1e-6, ddof: int = 1) ->
     """Standardise a per-prompt value across the prompts of the batch: (R − mean)/(std + ε).
 
     Exactly 0 when every prompt has the same value, and for a batch of one prompt (the reference
-    code's unbiased std of one value is NaN there; the spec recommends 0).
+    code's unbiased std of one value is NaN there; 0 is this library's proposed reading).
     """
     one = torch.zeros(per_prompt.shape[0], dtype=torch.int64, device=per_prompt.device)
     st = group_stats(per_prompt, one, 1, ddof=ddof)

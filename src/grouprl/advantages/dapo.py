@@ -1,4 +1,4 @@
-"""DAPO's advantage (grpo-family.md §2.3), arXiv:2503.14476: the GRPO advantage on ±1 rewards.
+"""DAPO's advantage, arXiv:2503.14476: the GRPO advantage on ±1 rewards.
 
 DAPO's other pieces: clip-higher (``grouprl.losses`` ``dapo_clip`` = ``ppo_clip`` with ε_low 0.2,
 ε_high 0.28, aggregated with ``token-mean``), overlong reward shaping and filtering

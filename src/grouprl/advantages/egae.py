@@ -1,6 +1,6 @@
-"""T-PPO's Extended GAE (EGAE) for incomplete responses (tppo-egae.md), arXiv:2506.15050.
+"""T-PPO's Extended GAE (EGAE) for incomplete responses, arXiv:2506.15050.
 
-The EGAE equations are a **proposed reading** (the paper's equations are not public; the spec
+The EGAE equations are a **proposed reading** (the paper's equations are not public; this library
 reconstructs them from the abstract and public reviews): GAE whose sum stops at the current
 generation point, with the bootstrap V(s_l) := V(s_{l−1}) at the truncation boundary.
 """
@@ -20,7 +20,7 @@ __all__ = ["egae", "egae_with_returns", "egae_value_mask", "length_adaptive_lam"
 
 def length_adaptive_lam(lengths: Tensor, alpha: float) -> Tensor:
     """λ_policy = 1 − 1/(α·L) per row (float64 (B,)), the length-adaptive λ that T-PPO takes from
-    VAPO (arXiv:2504.05118, §"Length-Adaptive GAE"; spec α = 0.05), L = the row's number of response
+    VAPO (arXiv:2504.05118, "Length-Adaptive GAE"; α = 0.05), L = the row's number of response
     tokens so far (for an in-flight row, the tokens generated up to this window: a proposed reading).
 
     The formula is below 0 when α·L < 1 (L < 20 tokens at α = 0.05) and GAE needs λ in [0, 1]:
@@ -97,8 +97,8 @@ def egae(batch: Rollouts, *, gamma: float = 1.0, lam: float = 0.95, whiten: bool
     with γ = 1 and no intermediate reward δ_{l−1} = 0;  Â_t = Σ_{k=0}^{l−1−t} (γλ)^k δ_{t+k}.
     Its (unknown) outcome reward is not used. Finished responses get ordinary GAE with the reward
     at EOS and terminal value 0, so on complete responses EGAE equals ``gae``. γ = 1, λ = 0.95
-    (the spec's fixed λ_policy). ``lam_alpha`` = α switches to the length-adaptive
-    λ_policy = 1 − 1/(α·L) per row (``length_adaptive_lam``; T-PPO §2.2 via VAPO, α = 0.05), in
+    (T-PPO's fixed λ_policy, unverified). ``lam_alpha`` = α switches to the length-adaptive
+    λ_policy = 1 − 1/(α·L) per row (``length_adaptive_lam``; T-PPO, arXiv:2506.15050, via VAPO, arXiv:2504.05118, α = 0.05), in
     place of ``lam``. ``whiten`` batch-whitens as ``gae`` (off by default).
     """
     return _egae(batch, gamma, lam, whiten, with_returns=False, lam_alpha=lam_alpha)[0]

@@ -1,4 +1,5 @@
-"""GiGPO: Group-in-Group Policy Optimization (gigpo.md), and the step machinery of agent batches.
+"""GiGPO: Group-in-Group Policy Optimization, arXiv:2505.10978 (Eq. 3 episode advantage, Eq. 5 step
+return, Eq. 6-8 anchor-state groups and the combined advantage), and the step machinery of agent batches.
 
 Agent batches have one row per environment *step* (one LLM turn). The row fields used here:
 

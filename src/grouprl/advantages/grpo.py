@@ -1,4 +1,4 @@
-"""GRPO and Dr. GRPO outcome advantages (grpo-family.md)."""
+"""GRPO (DeepSeekMath, arXiv:2402.03300) and Dr. GRPO (arXiv:2503.20783) outcome advantages."""
 
 from __future__ import annotations
 

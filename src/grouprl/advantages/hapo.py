@@ -1,4 +1,4 @@
-"""HAPO's Token-Level Group Average advantage (hapo.md §2.3), arXiv:2509.16591.
+"""HAPO's Token-Level Group Average advantage (TLGA), arXiv:2509.16591.
 
 HAPO's other parts: Differential Advantage Redistribution and Asymmetric Adaptive Clipping are the
 policy loss ``hapo`` (``grouprl.losses.hapo``); Adaptive Temperature Sampling is the logits

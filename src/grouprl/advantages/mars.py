@@ -1,4 +1,4 @@
-"""MARS / MARSHAL: turn-level returns with agent-specific normalisation (mars.md).
+"""MARS / MARSHAL: turn-level returns with agent-specific normalisation, arXiv:2510.15414.
 
 Rows are turns: one row per turn of one player. A player's sequence is the rows with the same
 (``group``, ``trajectory``, player), ordered by ``step``; ``step_rewards`` holds the turn's reward;

@@ -1,4 +1,4 @@
-"""MaxMin-RLHF's egalitarian policy step (maxmin-rlhf.md §2.2), arXiv:2402.08925.
+"""MaxMin-RLHF's egalitarian policy step (the worst-off group's reward, Algorithm 1), arXiv:2402.08925.
 
 With K reward functions (one per user group; ``batch.reward_components`` (B, K) holds every
 response's reward under each), each step trains on the reward of the group whose mean reward on the

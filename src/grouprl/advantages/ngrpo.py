@@ -1,4 +1,4 @@
-"""NGRPO: Negative-enhanced Group Relative Policy Optimization (ngrpo.md), arXiv:2509.18851.
+"""NGRPO: Negative-enhanced Group Relative Policy Optimization, arXiv:2509.18851.
 
 Advantage Calibration: every group gets ``k`` virtual responses with the maximum reward ``r_max``,
 used for the group statistics only (they are never trained on). The loss half of the method,
@@ -62,7 +62,7 @@ def ngrpo(
     An all-wrong group now gets a uniform negative advantage (e.g. [0,0,0,0] → −0.4472 each); an
     all-correct group still gets exactly 0 (σ' = 0); mixed groups get shrunk positive and enlarged
     negative advantages. ``k = 0`` is GRPO. ``r_max`` is the task's maximum reward (1.0 for a 0/1
-    verifier; +1 for ±1 rewards is the spec's *proposed reading*); a reward above it raises.
+    verifier; +1 for ±1 rewards is a *proposed reading*); a reward above it raises.
     A group of one: 0 by default;
     ``singleton="raw"`` gives A = r, the reference code's behaviour (it skips the virtual sample
     for size-1 groups, so verl's mean 0 / std 1 quirk applies).

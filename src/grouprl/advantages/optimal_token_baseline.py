@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import Rollouts
+from ..core import Rollouts, reverse_discounted_cumsum
 from ._masks import row_lengths
 from ._returns import place_token_rewards
 from .registry import estimator
@@ -44,7 +44,7 @@ def optimal_token_baseline(
     mf = m.to(torch.float64)
     ids, G = batch.group, batch.num_groups
     T = m.shape[1]
-    ret = place_token_rewards(batch).to(torch.float64).flip(1).cumsum(1).flip(1) * mf
+    ret = reverse_discounted_cumsum(place_token_rewards(batch).to(torch.float64), 1.0) * mf
     w = 1.0 - 2.0 * batch.old_logprobs.to(torch.float64).exp() + batch.get("sum_pi_squared").to(torch.float64)
     if batch.has("rollout_is_weights"):
         w = w * batch.get("rollout_is_weights").to(torch.float64) ** 2

@@ -1,6 +1,6 @@
-"""ReAd: sequential (HAPPO-style) multi-agent advantage from a critic's prefix values (read.md).
+"""ReAd: sequential (HAPPO-style) multi-agent advantage from a critic's prefix values, arXiv:2405.14314.
 
-Spec confidence is medium: the formulas are recalled from the paper and not verified against its
+Confidence in this reading is medium: the formulas are recalled from the paper and not verified against its
 full text; the refinement threshold ε and the exact Monte Carlo target are not specified.
 """
 
@@ -35,7 +35,9 @@ def _extra(batch: Rollouts, name: str) -> Tensor:
 
 @estimator(
     "read",
-    needs=("rewards", "group", "mask", "trajectory", "step", "agent"),
+    # the critic's scores under their default field names (q_field, v_field): declared, so that a
+    # trainer without a critic refuses the estimator at config load rather than at its first step
+    needs=("rewards", "group", "mask", "trajectory", "step", "agent", "q_values", "state_values"),
     paper="Towards Efficient LLM Grounding for Embodied Multi-Agent Collaboration (ReAd), arXiv:2405.14314",
     level="step",
 )

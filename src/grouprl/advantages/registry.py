@@ -29,6 +29,8 @@ __all__ = [
     "estimator",
     "transform",
     "get",
+    "parse",
+    "resolve",
     "compute_advantages",
     "ESTIMATORS",
     "TRANSFORMS",
@@ -168,12 +170,19 @@ class MissingBatchField(ValueError):
     """The batch lacks a field the estimator declares in ``needs``."""
 
 
+def _how(name: str) -> str:
+    """How a batch gets the field ``name``: a ``Rollouts`` field, or an entry of its ``extras``."""
+    from ..core.batch import _ALL_FIELDS
+
+    return f"{name}=..." if name in _ALL_FIELDS else f"extras={{{name!r}: ...}}"
+
+
 def _check_needs(info: EstimatorInfo, batch: Rollouts) -> None:
     missing = [f for f in info.needs if not batch.has(f)]
     if missing:
         raise MissingBatchField(
             f"estimator {info.name!r} needs the batch field(s) {', '.join(map(repr, missing))}, "
-            f"which the batch does not have; build Rollouts with {missing[0]}=... "
+            f"which the batch does not have; build Rollouts with {_how(missing[0])} "
             f"(it needs: {', '.join(info.needs)})."
         )
 
@@ -385,6 +394,25 @@ def parse(expr: str, **hparams: Any) -> Estimator:
     return est
 
 
+def resolve(spec: str | Estimator, **hparams: Any) -> Estimator:
+    """The estimator that ``spec`` names: a registered name (``get``), a composition expression such
+    as ``"0.7*grpo + 0.3*rloo | clip(3)"`` (``parse``), or an Estimator (returned as it is).
+
+    The one place a name becomes an estimator: ``compute_advantages``, the trainer and the verl and
+    TRL plug-ins all resolve here. An unknown name is an ``UnknownName`` error with the closest
+    registered names; an unknown hyperparameter a TypeError with the closest accepted ones.
+    """
+    if isinstance(spec, Estimator):
+        if hparams:
+            raise TypeError(f"hyperparameters {sorted(hparams)} given with an Estimator: bind them with "
+                            "grouprl.advantages.get(name, **hparams) instead")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"an estimator is a registered name, an expression such as '0.7*grpo + 0.3*rloo' or an "
+                        f"Estimator, not {type(spec).__name__}")
+    return get(spec, **hparams) if spec in ESTIMATORS else parse(spec, **hparams)
+
+
 def compute_advantages(
     method: str | Estimator,
     batch: Rollouts,
@@ -399,15 +427,7 @@ def compute_advantages(
     """
     if not isinstance(batch, Rollouts):
         raise TypeError(f"compute_advantages expects a grouprl.Rollouts batch, got {type(batch).__name__}")
-    if isinstance(method, Estimator):
-        if hparams:
-            raise TypeError("bind hyperparameters with get(name, **hparams) when passing an Estimator")
-        est = method
-    elif isinstance(method, str):
-        est = get(method, **hparams) if method in ESTIMATORS else parse(method, **hparams)
-    else:
-        raise TypeError(f"method must be a name or an Estimator, got {type(method).__name__}")
-    adv = est(batch)
+    adv = resolve(method, **hparams)(batch)
     if return_info:
         return adv, group_diagnostics(batch)
     return adv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import Rollouts
+from ..core import Rollouts, reverse_discounted_cumsum
 from .registry import estimator
 
 
@@ -30,5 +30,5 @@ def remax(batch: Rollouts) -> Tensor:
     if batch.token_rewards is None:
         return batch.rewards.to(torch.float64) - b
     m = batch.mask
-    ret = (batch.token_rewards.to(torch.float64) * m).flip(1).cumsum(1).flip(1)
+    ret = reverse_discounted_cumsum(batch.token_rewards.to(torch.float64) * m, 1.0)
     return ret - b.unsqueeze(1)

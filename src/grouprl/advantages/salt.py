@@ -1,6 +1,6 @@
-"""SALT: step-level advantage assignment over a trajectory graph (salt.md).
+"""SALT: step-level advantage assignment over a trajectory graph, arXiv:2510.20022.
 
-Spec confidence is **low**: the mechanism is known only from a secondary description (the GRAFT
+Confidence in this reading is **low**: the mechanism is known only from a secondary description (the GRAFT
 paper's appendix). Everything below marked "proposed reading" is a design decision of this library.
 """
 

@@ -1,4 +1,4 @@
-"""SPO: Segment Policy Optimization (spo.md), arXiv:2505.23564 — segment-level credit without a critic.
+"""SPO: Segment Policy Optimization, arXiv:2505.23564 — segment-level credit without a critic.
 
 SPO-chain, in three pure steps plus the rollout (``grouprl.rollout.prefix.mc_values``):
 
@@ -128,7 +128,7 @@ def spo_chain_advantages(segment_values: Tensor, segment_id: Tensor, rewards: Te
 def spo_chain(
     batch: Rollouts, *, whiten: bool = True, prob_mask: bool = True, threshold: float = PROB_THRESHOLD
 ) -> Tensor:
-    """SPO-chain segment advantage with the probability mask (spo.md §2.1).
+    """SPO-chain segment advantage with the probability mask (SPO, arXiv:2505.23564, SPO-chain).
 
     A_k = V(c_k) − V(c_{k−1}) for the tokens of segment k, V(final) = reward, from the MC values in
     ``extras["segment_values"]`` and the partition ``extras["segment_id"]`` (module docstring).
@@ -189,7 +189,7 @@ def spo_tree(
     return _mask_and_whiten(adv, batch.token_probs, seg & mask, whiten=whiten, prob_mask=prob_mask, threshold=threshold)
 
 
-#: SPO-tree's edge advantages (``adv_method``), spo.md §2.2 step 4 (arXiv:2505.23564): the divisor
+#: SPO-tree's edge advantages (``adv_method``), (SPO-tree, arXiv:2505.23564, as its reference code): the divisor
 #: of V(child) − V(parent) given the population std of the siblings' values (None: no division).
 TREE_ADV_METHODS: dict[str, Callable[[Tensor, float], Tensor] | None] = {
     "rloo": None,
@@ -207,7 +207,7 @@ def check_tree_adv_method(adv_method: str, who: str = "spo_tree_advantages") -> 
 def spo_tree_advantages(
     parent: Tensor, rewards: Tensor, *, adv_method: str = "rloo", eps: float = 1e-8, bok_k: int = 4
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """SPO-tree node values and edge advantages on a flat array of N tree nodes (spo.md §2.2).
+    """SPO-tree node values and edge advantages on a flat array of N tree nodes (SPO-tree, arXiv:2505.23564).
 
     ``parent`` (N,) int64: each node's parent index, −1 for a root (several trees may share the
     array); ``rewards`` (N,): the verifier reward, read on leaves (nodes without children) only.
@@ -224,7 +224,7 @@ def spo_tree_advantages(
     A node whose children all have the same value (decided exactly: max == min of the children's
     values, never against their computed float mean, which can differ from them in the last bit —
     three children of 0.1 have the float mean 0.10000000000000002) has that value, and its child
-    edges get A = 0 and are dropped (spo.md §4; a single child is such a node).
+    edges get A = 0 and are dropped (a single child is such a node).
     One loop over tree depth (a few levels), none over nodes.
     """
     check_tree_adv_method(adv_method)

@@ -4,14 +4,15 @@ A spec is YAML (or a dict)::
 
     name: quick                  # arena run name (the run dir is out_dir/name)
     out_dir: arenas
-    base:                        # TrainConfig fields shared by every cell
+    base:                        # TrainConfig fields shared by every cell (flat, or nested by section)
       model: 1M
       steps: 30
     methods:                     # method name -> TrainConfig overrides
       grpo: {estimator: grpo}
       dr_grpo: {estimator: dr_grpo, agg: seq-mean-token-sum-norm}
       dapo_dynamic: {estimator: grpo, sampler: dapo_dynamic}
-    tasks: [mixed]               # a list of task names, or task name -> TrainConfig overrides
+    tasks: [mixed]               # a list of task names, or task name -> TrainConfig overrides (a name
+                                 # whose overrides set env= is a label: env cells keep the default task)
     seeds: [0, 1, 2]
     baseline: grpo               # the method every other one is tested against (default: the first)
     metric: acc                  # the eval.jsonl key the final-score table ranks by
@@ -33,9 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..train.config import ConfigError, TrainConfig, build_config
+from ..train.config import (
+    ConfigError,
+    TrainConfig,
+    build_config,
+    flatten_sections,
+    read_yaml_mapping,
+)
 
 __all__ = ["ArenaSpec", "Cell", "SpecError", "PRESETS", "PRESET_CPU_S", "RETIRED_PRESETS", "load_spec", "spec_from_dict", "warm_key"]
 
@@ -98,7 +103,7 @@ _METHODS_TOKEN_CREDIT = {
 # greedy success on 128 held-out seeds. ReAd (read) is not in it: it reads a critic's Q and V per
 # action (extras q_values / state_values) that the agent loop does not produce.
 _BASE_GRIDWORLD = {
-    "model": "1M", "sft_steps": 150, "sft_batch_size": 32, "sft_lr": 3e-3, "sft_target_acc": 0.0, "expert_noise": 0.6,
+    "model": "1M", "sft_steps": 150, "sft_batch_size": 32, "sft_lr": 3e-3, "expert_noise": 0.6,
     "history_len": 0, "instruction": "Reach G.", "max_turns": 10, "max_new_tokens": 6, "prompts_per_step": 8,
     "group_size": 8, "lr": 3e-4, "steps": 60, "eval_every": 20, "eval_size": 128, "save_every": 60,
     "keep_checkpoints": 1,
@@ -111,7 +116,7 @@ _TASK_GRIDWORLD = {"gridworld": {"env": "gridworld", "env_kwargs": {"layout": 0,
 # invalid move costs its player -1; a 300-step SFT warm start on minimax with 30% random moves;
 # 40 RL steps of 4 seeds x 4 games; greedy wins as X against the random player on 64 held-out seeds.
 _BASE_TICTACTOE = {
-    "model": "1M", "sft_steps": 300, "sft_batch_size": 32, "sft_lr": 3e-3, "sft_target_acc": 0.0, "expert_noise": 0.3,
+    "model": "1M", "sft_steps": 300, "sft_batch_size": 32, "sft_lr": 3e-3, "expert_noise": 0.3,
     "history_len": 0, "instruction": "Tic-tac-toe.", "max_turns": 12, "max_new_tokens": 4, "prompts_per_step": 4,
     "group_size": 4, "lr": 3e-4, "steps": 40, "eval_every": 10, "eval_size": 64, "save_every": 40,
     "keep_checkpoints": 1,
@@ -244,7 +249,9 @@ class ArenaSpec:
         for method, m_over in self.methods.items():
             for task, t_over in self.tasks.items():
                 for seed in self.seeds:
-                    values = {**_CELL_DEFAULTS, **self.base, **t_over, **m_over, "task": task, "seed": seed}
+                    values = {**_CELL_DEFAULTS, **self.base, **t_over, **m_over, "seed": seed}
+                    if values.get("env") is None:  # an env cell draws environment seeds: its tasks key is a label
+                        values["task"] = task
                     cell_id = f"{method}__{task}__s{seed}"
                     try:
                         cfg = build_config(values)
@@ -267,6 +274,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
+    return out
+
+
+def _flat_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with ``base`` and each method's and task's overrides as flat TrainConfig fields: each may be
+    written flat or nested by section (``optim: {lr: 1e-4}``), and a preset (flat) merges with either."""
+    out = dict(d)
+    try:
+        if isinstance(out.get("base"), dict):
+            out["base"] = flatten_sections(out["base"], where="base")
+        for part in ("methods", "tasks"):
+            if isinstance(out.get(part), dict):
+                out[part] = {k: flatten_sections(v, where=f"{part}.{k}") if isinstance(v, dict) else v
+                             for k, v in out[part].items()}
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
     return out
 
 
@@ -300,6 +323,7 @@ def spec_from_dict(d: dict[str, Any]) -> ArenaSpec:
     for req in ("methods", "tasks", "seeds"):
         if req not in d:
             raise SpecError(f"spec is missing {req!r}; see docs/arena.md for the format")
+    d = _flat_fields(d)
     base = d.get("base") or {}
     if not isinstance(base, dict):
         raise SpecError(f"spec key 'base' must be a mapping of TrainConfig fields (got {base!r})")
@@ -339,16 +363,8 @@ def load_spec(path: str | Path | None = None, preset: str | None = None,
             raise SpecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         d = copy.deepcopy(PRESETS[preset])
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise SpecError(f"spec file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise SpecError(f"spec file {str(p)!r} must hold a mapping (name, base, methods, tasks, seeds, ...)")
-        d = _merge(d, loaded)
+        loaded = read_yaml_mapping(path, "spec file", "(name, base, methods, tasks, seeds, ...)", SpecError)
+        d = _merge(d, _flat_fields(loaded))
     if not d:
         raise SpecError(f"give a spec file or --preset NAME ({', '.join(PRESETS)})")
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})
@@ -365,7 +381,7 @@ _WARM_FIELDS_ENV = ("env", "env_kwargs", "expert_noise", "max_turns", "history_l
 def warm_key(config: dict[str, Any]) -> str | None:
     """Key of the shared SFT warm start of a cell config (None when the cell has no SFT phase)."""
     from ..train.config import build_config
-    from ..train.loop import shipped_warm_start
+    from ..train.task_source import shipped_warm_start
 
     if config.get("init") is not None or int(config.get("sft_steps", 0)) == 0:
         return None
@@ -374,4 +390,4 @@ def warm_key(config: dict[str, Any]) -> str | None:
     fields = _WARM_FIELDS + (_WARM_FIELDS_ENV if config.get("env") is not None else ())  # task keys unchanged
     d = {k: config.get(k) for k in fields}
     h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{config['task']}-s{config['seed']}-{h}"
+    return f"{config.get('env') or config['task']}-s{config['seed']}-{h}"

@@ -1,7 +1,8 @@
 """``grouprl train``, ``grouprl sft`` and ``grouprl plot``.
 
 Config overrides: ``key=value``, ``--key value`` or ``--key=value`` for any field of
-``grouprl.train.TrainConfig`` (dotted keys reach into dicts: ``estimator_kwargs.eps=1e-6``);
+``grouprl.train.TrainConfig`` (dotted keys reach into dicts, ``estimator_kwargs.eps=1e-6``, and
+sections, ``optim.lr=1e-5``; ``--help`` lists the fields by section);
 ``--config FILE`` loads a YAML file first; ``--resume RUN`` continues a run directory.
 """
 
@@ -12,23 +13,61 @@ import time
 from pathlib import Path
 
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from .app import app
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _fields_help() -> str:
-    from ..train.config import TrainConfig
+def _section_rows() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    """(section, what it holds, [(key, default, description)]) for each section of TrainConfig."""
+    from ..train.config import SECTIONS, TrainConfig
 
-    lines = []
-    for name, f in TrainConfig.model_fields.items():
-        default = f.default_factory() if f.default_factory is not None else f.default
-        desc = f" — {f.description}" if f.description else ""
-        lines.append(f"{name}={default!r}{desc}")
-    return "\n\n".join(lines)
+    out = []
+    for name, sec in SECTIONS.items():
+        rows = []
+        for key in sec.fields:
+            f = TrainConfig.model_fields[key]
+            default = f.default_factory() if f.default_factory is not None else f.default
+            rows.append((key, repr(default), f.description or ""))
+        out.append((name, sec.doc, rows))
+    return out
+
+
+class _SectionedHelp(TyperCommand):
+    """``--help`` that ends with the config keys, one panel per section of TrainConfig."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        if self.rich_markup_mode is None:  # plain click help: sections as definition lists
+            for name, doc, rows in _section_rows():
+                with formatter.section(name):
+                    formatter.write_text(doc)
+                    formatter.write_dl([(f"{key}={default}", desc) for key, default, desc in rows])
+            return
+        from rich import box
+        from rich.console import Group
+        from rich.markup import escape
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        sections = _section_rows()
+        key_width = max(len(key) for _, _, rows in sections for key, _, _ in rows)
+        console = Console()
+        for name, doc, rows in sections:
+            table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
+            table.add_column(style="bold cyan", no_wrap=True, min_width=key_width)
+            table.add_column(style="dim", overflow="fold", width=14)
+            table.add_column(ratio=1)
+            for key, default, desc in rows:
+                table.add_row(key, escape(default), escape(desc))
+            console.print(Panel(Group(Text(doc, style="italic"), table), title=f"[bold]{name}[/]",
+                                title_align="left", border_style="dim", box=box.ROUNDED))
 
 
 def _split_special(words: list[str], names: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
@@ -60,14 +99,17 @@ def _fail(console: Console, exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command(context_settings=_EXTRA)
+@app.command(cls=_SectionedHelp, context_settings=_EXTRA)
 def train(ctx: typer.Context) -> None:
     """Group RL on a task: SFT warm start (unless init=PATH), then RL; writes runs/NAME/.
 
     Usage: grouprl train (--config FILE) (--resume RUN) key=value | --key value ...
 
     Examples: `grouprl train`, `grouprl train estimator=dr_grpo agg=seq-mean-token-sum-norm steps=50`,
-    `grouprl train --resume runs/NAME`.
+    `grouprl train optim.lr=3e-5`, `grouprl train --resume runs/NAME`.
+
+    Keys are the fields below, grouped by section: `lr=1e-5` and `optim.lr=1e-5` set the same field;
+    a --config file is flat or nested by section (`optim: {lr: 1e-5}`), as config.yaml is written.
     """
     from ..train import CheckpointError, ConfigError, load_config, parse_overrides, resume_config
     from ..train import train as run_train
@@ -92,10 +134,8 @@ def train(ctx: typer.Context) -> None:
     )
 
 
-train.__doc__ = (train.__doc__ or "") + "\n\nKeys:\n\n" + _fields_help()
 
-
-@app.command(context_settings=_EXTRA)
+@app.command(cls=_SectionedHelp, context_settings=_EXTRA)
 def sft(ctx: typer.Context) -> None:
     """Supervised warm start on the task's reference answers; saves a checkpoint for `train init=PATH`.
 
@@ -106,7 +146,7 @@ def sft(ctx: typer.Context) -> None:
     from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
     from ..train import ConfigError, load_config, parse_overrides
     from ..train.data import evaluate, step_generator
-    from ..train.loop import eval_subset, load_task, make_guard
+    from ..train.task_source import eval_subset, load_task, make_guard
     from ..train.sft import sft as run_sft
     from ..train.device import resolve_device
     from ..train.sft import sft_kwargs, sft_progress, sft_summary

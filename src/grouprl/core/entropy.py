@@ -1,4 +1,4 @@
-"""HAPO's shared entropy normalisation ĥ ∈ [−1, 1] (hapo.md §2.1), used by the HAPO loss (current
+"""HAPO's shared entropy normalisation ĥ ∈ [−1, 1] (arXiv:2509.16591), used by the HAPO loss (current
 policy's entropies) and the adaptive-temperature sampler (previous batch's statistics).
 
 From *From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature*

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GroupStats", "group_stats", "factorize", "check_eps"]
+__all__ = ["GroupStats", "group_stats", "factorize", "check_eps", "cap_per_group"]
 
 
 def factorize(labels) -> tuple[Tensor, int, list | None]:
@@ -186,3 +186,31 @@ def group_stats(values: Tensor, ids: Tensor, num_groups: int | None = None, *, d
     # A constant group has zero spread by definition: make it explicit so no rounding leaks.
     var = var.masked_fill_(mx == mn, 0.0)
     return GroupStats(ids=ids, count=count, sum=total, mean=mean, var=var, max=mx, min=mn, ddof=ddof)
+
+
+def cap_per_group(keep: Tensor, group: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random subset of at most ``k`` of the ``keep`` rows of each group: bool (N,).
+
+    ``keep`` bool (N,) marks the candidate rows, ``group`` int64 (N,) dense group ids in [0, G).
+    Every row draws u ~ U[0, 1) from ``generator`` (N draws, whatever ``keep`` holds); rows are sorted
+    by (group, not kept, u), and a kept row survives when its rank inside its group is below ``k``:
+    a uniform draw without replacement of min(k, kept) rows per group, with no loop over groups.
+    SPO-tree samples at most 32 edges per question and iteration this way (SPO, arXiv:2505.23564,
+    the reference code's on-policy replay buffer; ``credit: spo_tree``'s ``max_edges``).
+    """
+    if keep.dim() != 1 or group.shape != keep.shape:
+        raise ValueError(f"cap_per_group: keep {tuple(keep.shape)} and group {tuple(group.shape)} must both be (N,).")
+    if int(k) < 0:
+        raise ValueError(f"cap_per_group: k={k}; pass the most rows to keep per group (k >= 0).")
+    N = keep.shape[0]
+    if N == 0:
+        return keep
+    keep = keep.to(torch.bool)
+    n_groups = int(group.max()) + 1
+    key = torch.rand(N, generator=generator, dtype=torch.float64) + (~keep).to(torch.float64) * 2.0
+    order = torch.argsort(group.to(torch.float64) * 4.0 + key)  # by group, kept rows first, in random order
+    first = torch.zeros(n_groups, dtype=torch.int64).scatter_reduce_(
+        0, group[order], torch.arange(N), reduce="amin", include_self=False)
+    rank = torch.empty(N, dtype=torch.int64)
+    rank[order] = torch.arange(N) - first[group[order]]
+    return keep & (rank < k)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-__all__ = ["broadcast", "masked_sum", "masked_mean", "masked_whiten", "reverse_discounted_cumsum"]
+__all__ = ["broadcast", "masked_sum", "masked_mean", "masked_whiten"]
 
 
 def broadcast(per_row: Tensor, mask: Tensor) -> Tensor:
@@ -42,31 +40,3 @@ def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: floa
     if not shift_mean:
         out = out + mean
     return (out * m).to(x.dtype if x.dtype.is_floating_point else torch.float32)
-
-
-def reverse_discounted_cumsum(x: Tensor, gamma: float) -> Tensor:
-    """y_t = x_t + γ·y_{t+1} along the last dimension, without a Python loop over time.
-
-    Uses the closed form y = (Σ_{s>=t} γ^s x_s) / γ^t in chunks short enough that γ^-t stays
-    well inside float64 range.
-    """
-    if gamma == 1.0:
-        return x.flip(-1).cumsum(-1).flip(-1)
-    if gamma == 0.0:
-        return x.clone()
-    T = x.shape[-1]
-    x64 = x.to(torch.float64)
-    out = torch.empty_like(x64)
-    # chunk length such that gamma**chunk >= 1e-12 (float64 keeps ~15 digits relative)
-    chunk = max(1, min(T, int(math.log(1e-12) / math.log(gamma))))
-    carry = torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
-    for end in range(T, 0, -chunk):  # loop over chunks (T / chunk iterations), not tokens
-        start = max(0, end - chunk)
-        seg = x64[..., start:end]
-        L = end - start
-        powers = gamma ** torch.arange(L, dtype=torch.float64, device=x.device)
-        y = (seg * powers).flip(-1).cumsum(-1).flip(-1) / powers
-        y = y + carry.unsqueeze(-1) * (gamma ** torch.arange(L, 0, -1, dtype=torch.float64, device=x.device))
-        out[..., start:end] = y
-        carry = y[..., 0]
-    return out.to(x.dtype)

@@ -14,7 +14,16 @@ them (TRL issue #4525). The subclass overrides three methods and nothing else:
   advantage 0 and are left out of the group statistics, as in TRL;
 * ``_compute_loss`` (only when ``loss=`` is given): the per-token log-probs and entropies from
   TRL's helper, then ``grouprl.losses.policy_loss`` with TRL's normalisers, KL (``beta``, k3) and
-  rollout importance weights (vLLM).
+  rollout importance weights (TRL's vLLM ``importance_sampling_ratio``; grouprl's own truncated
+  weights are ``grouprl.losses.rollout_is_weights``, importable for a custom loss).
+
+Inputs come from the registry declarations of the chosen terms, never from their names: the
+estimator's and the loss's ``needs`` beyond what TRL supplies (``TRL_SUPPLIES``) and the
+estimator's ``optional`` fields come from field functions (``fields={"answer": fn}``, called like
+a reward function, one value per completion); a loss's ``inputs`` hook (COPO) runs once per
+generation batch on all processes' rows and its per-row outputs travel with the rows to the loss;
+a loss taking ``token_entropy`` (HAPO) gets TRL's entropies. A declared field the adapter cannot
+build is refused at construction with its name and the way to supply it (``check_declarations``).
 
 Groups: ``group_by="block"`` (default) = contiguous blocks of ``num_generations`` rows, TRL's own
 layout; ``group_by="prompt"`` = rows with the same prompt (so a prompt that appears twice in a
@@ -35,10 +44,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..advantages import ESTIMATORS, Estimator, group_diagnostics
-from ..advantages import get as get_estimator
-from ..advantages import parse as parse_estimator
+from ..advantages import Estimator, group_diagnostics, resolve
 from ..core import Rollouts
+from ..core.batch import ROW_FIELDS
+from .declarations import hook_hparams
 
 from trl import GRPOTrainer  # noqa: E402  (this module is the TRL adapter)
 
@@ -61,46 +70,61 @@ _FORWARD_KEYS = (
 
 
 def resolve_estimator(estimator: str | Estimator, hparams: dict[str, Any] | None = None) -> Estimator:
-    """An Estimator from a registered name, an expression (``"0.7*grpo + 0.3*rloo | whiten"``)
-    or an Estimator (then ``hparams`` must be empty)."""
-    hparams = dict(hparams or {})
-    if isinstance(estimator, Estimator):
-        if hparams:
-            raise ValueError("estimator_hparams: bind hyperparameters with grouprl.advantages.get(name, **hp).")
-        return estimator
-    if not isinstance(estimator, str):
-        raise TypeError(f"estimator must be a name, an expression or an Estimator, got {type(estimator).__name__}")
-    return get_estimator(estimator, **hparams) if estimator in ESTIMATORS else parse_estimator(estimator, **hparams)
+    """``grouprl.advantages.resolve`` with the trainer's ``estimator_hparams`` dict (a name, an
+    expression such as ``"0.7*grpo + 0.3*rloo | whiten"``, or an Estimator with no hparams)."""
+    return resolve(estimator, **dict(hparams or {}))
 
 
-# The batch fields this adapter builds for an estimator (from TRL's rewards, completion masks and
-# prompts) and the loss inputs it passes; a method that declares anything else is refused.
+# The batch fields this adapter builds from TRL's own data (rewards, completion masks, prompts);
+# any other per-completion field a chosen term declares comes from a field function (``fields=``).
 TRL_SUPPLIES: tuple[str, ...] = ("rewards", "group", "mask", "reward_components")
+_FIELD_FN_CALL = (
+    "fn(prompts=..., completions=..., completion_ids=..., **dataset columns) -> one value per completion, "
+    "called like a TRL reward function"
+)
 
 
-def check_declarations(est: Estimator, loss: str | None = None) -> None:
-    """Refuse, before the model is built, an estimator or loss whose registry declarations ask for
-    inputs this adapter cannot supply (``EstimatorInfo.needs``, ``LossInfo.needs`` / ``inputs``)."""
-    for _, info, _ in est.terms:
-        missing = [f for f in info.needs if f not in TRL_SUPPLIES]
-        if missing:
-            raise ValueError(
-                f"GroupRLGRPOTrainer: estimator {info.name!r} needs the batch field(s) "
-                f"{', '.join(map(repr, missing))}, which the TRL adapter cannot supply (it builds "
-                f"{', '.join(TRL_SUPPLIES)} from TRL's rewards, masks and prompts); use grouprl's own trainer "
-                "(grouprl train) or the verl plug-in for this estimator."
-            )
-    if loss is None:
-        return
+def _unsupplied(field: str, who: str) -> ValueError:
+    if field in ROW_FIELDS:
+        how = f"pass fields={{{field!r}: fn}} to GroupRLGRPOTrainer, with {_FIELD_FN_CALL}"
+    else:
+        how = (f"{field!r} is a per-token or segment input that TRL's generation step does not produce; use "
+               "grouprl's own trainer (grouprl train) or the verl plug-in for this method")
+    return ValueError(
+        f"GroupRLGRPOTrainer: {who} needs the batch field {field!r} (its registry declaration), which the TRL "
+        f"adapter builds only from {', '.join(TRL_SUPPLIES)} and the field functions given: {how}."
+    )
+
+
+def check_declarations(est: Estimator, loss: str | None = None, fields: Sequence[str] = ()) -> None:
+    """Refuse, before the model is built, a method whose registry declarations ask for inputs the
+    adapter cannot build (``EstimatorInfo.needs``, ``LossInfo.needs``), naming the field and how to
+    supply it, and a field function that no chosen term declares (``needs`` or ``optional``)."""
     from ..losses import LOSSES
 
-    linfo = LOSSES[loss]  # unknown name -> error with suggestions
-    if linfo.needs or linfo.inputs is not None:
-        what = f"the batch field(s) {', '.join(map(repr, linfo.needs))}" if linfo.needs else "per-step inputs"
+    linfo = LOSSES[loss] if loss is not None else None  # unknown name -> error with suggestions
+    for f in fields:
+        if f not in ROW_FIELDS:
+            raise ValueError(
+                f"GroupRLGRPOTrainer: fields={f!r}: a field function supplies one value per completion, i.e. one "
+                f"of the per-row batch fields {', '.join(ROW_FIELDS)}."
+            )
+    declared = set(est.needs) | set(est.optional) | set(linfo.needs if linfo else ())
+    unused = [f for f in fields if f not in declared]
+    if unused:
         raise ValueError(
-            f"GroupRLGRPOTrainer: policy loss {loss!r} needs {what} (its declared inputs hook), which the TRL "
-            "adapter cannot supply; use grouprl's own trainer (grouprl train) or the verl plug-in for this loss."
+            f"GroupRLGRPOTrainer: fields={unused[0]!r}: no chosen estimator or loss declares it (needs: "
+            f"{sorted(declared)}); it would be ignored, remove it."
         )
+    provided = set(TRL_SUPPLIES) | set(fields)
+    for _, info, _ in est.terms:
+        missing = [f for f in info.needs if f not in provided]
+        if missing:
+            raise _unsupplied(missing[0], f"estimator {info.name!r}")
+    if linfo is not None:
+        missing = [f for f in linfo.needs if f not in provided]
+        if missing:
+            raise _unsupplied(missing[0], f"policy loss {loss!r}")
 
 
 class GroupRLGRPOTrainer(GRPOTrainer):
@@ -116,6 +140,15 @@ class GroupRLGRPOTrainer(GRPOTrainer):
             (GSPO, SAPO: ``seq-mean-token-mean``), else ``"token-mean"`` (normalised like TRL's
             ``dapo``: tokens of the whole generation batch). A mode given here applies to every
             loss.
+        fields: per-completion batch fields that the chosen estimator or loss declares beyond
+            what TRL supplies (``TRL_SUPPLIES``), each ``{name: fn}`` with ``fn(prompts=,
+            completions=, completion_ids=, **dataset columns)`` returning one value per completion,
+            like a TRL reward function (COPO: ``{"answer": extract_final_answer}``). A declared field
+            without one is refused here, naming it; a field no chosen term declares is refused too.
+
+    A loss with an ``inputs`` hook (COPO) gets the hook's outputs computed once per generation batch
+    over all processes' rows (its advantages replace the estimator's, as in grouprl's trainer); a
+    loss taking ``token_entropy`` (HAPO) gets TRL's per-token entropies of the current policy.
     """
 
     def __init__(
@@ -127,12 +160,14 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         loss: str | None = None,
         loss_hparams: dict[str, Any] | None = None,
         loss_agg: str | None = None,
+        fields: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"group_by={group_by!r}; choose one of {GROUP_BY}.")
         self.grouprl_estimator = resolve_estimator(estimator, estimator_hparams)
-        check_declarations(self.grouprl_estimator, loss)
+        self.grouprl_fields = dict(fields or {})
+        check_declarations(self.grouprl_estimator, loss, tuple(self.grouprl_fields))
         self.grouprl_group_by = group_by
         self.grouprl_loss = loss
         self.grouprl_loss_hparams = dict(loss_hparams or {})
@@ -145,7 +180,10 @@ class GroupRLGRPOTrainer(GRPOTrainer):
             if loss_agg is not None:
                 check_agg(loss_agg)
         self._grouprl_rewards_per_func: Tensor | None = None
+        self._grouprl_field_values: dict[str, list] = {}
         self._grouprl_last: dict[str, Tensor] = {}
+        self._grouprl_row_kwargs: dict[str, Tensor] = {}  # the loss hook's per-row inputs, all processes' rows
+        self._grouprl_hook_kwargs: dict[str, Any] = {}
         super().__init__(*args, **kwargs)
         if loss is not None:
             self._check_loss_options()
@@ -174,7 +212,27 @@ class GroupRLGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: D401
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._grouprl_rewards_per_func = rewards_per_func
+        self._grouprl_field_values = self._grouprl_compute_fields(inputs, prompts, completions, completion_ids_list)
         return rewards_per_func
+
+    def _grouprl_compute_fields(self, inputs, prompts, completions, completion_ids_list) -> dict[str, list]:
+        """The field functions' values for this process's completions, gathered over processes in
+        the order TRL gathers its rewards."""
+        if not self.grouprl_fields:
+            return {}
+        from accelerate.utils import gather_object
+
+        columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")}
+        out = {}
+        for name, fn in self.grouprl_fields.items():
+            values = list(fn(prompts=prompts, completions=completions, completion_ids=completion_ids_list, **columns))
+            if len(values) != len(prompts):
+                raise ValueError(
+                    f"GroupRLGRPOTrainer: the field function for {name!r} returned {len(values)} values for "
+                    f"{len(prompts)} completions; return one value per completion."
+                )
+            out[name] = gather_object(values)
+        return out
 
     def _grouprl_groups(self, inputs: Sequence[dict], n_rows: int, num_generations: int, device) -> Any:
         if self.grouprl_group_by == "block":
@@ -195,13 +253,26 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         mask: Tensor,
     ) -> Tensor:
         """grouprl advantages (B, T) float32 for the gathered batch: rewards = weighted nansum over
-        reward functions; rows where every function returned None get 0 and are left out."""
+        reward functions; rows where every function returned None get 0 and are left out. With a
+        loss that declares an ``inputs`` hook, the hook's advantages, and its per-row inputs kept
+        for ``_compute_loss``."""
         weights = self.reward_weights.to(rewards_per_func.device)
         scorable = ~torch.isnan(rewards_per_func).all(dim=1)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         B, T = mask.shape
         out = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
+        self._grouprl_row_kwargs, self._grouprl_hook_kwargs = {}, {}
+        hook = None
+        if self.grouprl_loss is not None:
+            from ..losses import LOSSES
+
+            hook = LOSSES[self.grouprl_loss].inputs
         if not bool(scorable.any()):
+            if hook is not None:
+                raise ValueError(
+                    f"GroupRLGRPOTrainer: every reward function returned None for every completion of this "
+                    f"generation batch; the inputs hook of loss {self.grouprl_loss!r} needs scored rows."
+                )
             return out
         rows = scorable.nonzero().squeeze(1)
         kw: dict[str, Any] = {
@@ -211,10 +282,24 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         }
         if "reward_components" in self.grouprl_estimator.needs:
             kw["reward_components"] = torch.nan_to_num(rewards_per_func[rows].float(), nan=0.0)
+        picked = rows.tolist()
+        for name, values in self._grouprl_field_values.items():
+            kw[name] = [values[i] for i in picked]
         batch = Rollouts(**kw)
-        adv = self.grouprl_estimator(batch)
-        out[rows] = adv.to(out.device)
         self._grouprl_last = {k: v for k, v in group_diagnostics(batch).items()}
+        if hook is None:
+            out[rows] = self.grouprl_estimator(batch).to(out.device)
+            return out
+        # the loss's declared once-per-step inputs: its advantages replace the estimator's;
+        # unscorable rows get zeros (COPO: a zero loss)
+        li = hook(batch, **hook_hparams(self.grouprl_estimator, self.grouprl_loss))
+        out[rows] = li.advantages.to(device=out.device, dtype=out.dtype)
+        for k, v in li.row_kwargs.items():
+            full = torch.zeros(B, dtype=torch.float32, device=mask.device)
+            full[rows] = v.to(device=mask.device, dtype=torch.float32)
+            self._grouprl_row_kwargs[k] = full
+        self._grouprl_hook_kwargs = dict(li.kwargs)
+        self._grouprl_last.update(li.metrics)
         return out
 
     def _generate_and_score_completions(self, inputs):
@@ -253,6 +338,9 @@ class GroupRLGRPOTrainer(GRPOTrainer):
             output["advantages"] = per_row[local_rows].to(output["completion_mask"].device)
         else:
             output["advantages"] = adv_all[local_rows, : local_mask.shape[1]].to(output["completion_mask"].device)
+
+        for k, v in self._grouprl_row_kwargs.items():  # the loss hook's per-row inputs, split with the rows
+            output[f"grouprl_{k}"] = v[local_rows].to(output["completion_mask"].device)
 
         # TRL logged its own advantages for these rows: replace them.
         logged = self._logs["advantages"]
@@ -301,6 +389,12 @@ class GroupRLGRPOTrainer(GRPOTrainer):
         is_weights = inputs.get("importance_sampling_ratio") if self.use_vllm else None
         hparams = dict(self.grouprl_loss_hparams)
         hparams.setdefault("respect_agg", self.grouprl_loss_agg is not None)
+        hparams.update({k: inputs[f"grouprl_{k}"] for k in self._grouprl_row_kwargs})
+        hparams.update(self._grouprl_hook_kwargs)
+        from ..losses import LOSSES
+
+        if "token_entropy" in LOSSES[self.grouprl_loss].defaults:  # HAPO: the current policy's entropies
+            hparams["token_entropy"] = entropies.detach()
         loss, metrics = policy_loss(
             self.grouprl_loss,
             logps,

@@ -52,15 +52,27 @@ rollout_is_weights) -> (loss, metrics)``; the aggregation uses verl's global cou
 times ``dp_size``) so the objective matches verl's aggregation modes; metrics become Python floats
 here, at the boundary (grouprl keeps them as tensors). Loss hyperparameters come from the actor
 fields that verl's counterpart of the loss reads (``VERL_ACTOR_FIELDS``) and from the JSON in
-``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys).
+``$GROUPRL_VERL_LOSS_HPARAMS`` (verl's actor config refuses unknown keys). ``rollout_is_weights``
+are verl's own (its ``rollout_is`` option); ``grouprl.losses.rollout_is_weights`` computes the same
+truncated weights from two log-prob tensors where a user wants grouprl's.
 
-A loss that declares an ``inputs`` hook (``LossInfo.inputs``, with its ``needs``; COPO) also takes
-the keyword ``grouprl_data``: the DataProto (or TensorDict / mapping) of the same rows, holding
-``token_level_rewards``, ``uid`` and the declared fields (e.g. ``non_tensor_batch["answer"]``). The
-adapter runs the hook on them and, as grouprl's trainer does, passes its advantages and per-row
-keywords to the loss (``loss_inputs_from_verl``). Without it, the loss raises an error that names
-the declared fields and the DataProto keys to add. verl 0.9.1's ``ppo_loss`` does not pass a
-DataProto to the loss, and this module installs no wrapper for it.
+Beyond those seven values (verl 0.9.1's actor passes nothing else), two declared paths:
+
+* a loss with an ``inputs`` hook (``LossInfo.inputs`` with its ``needs``; COPO: global advantages
+  and a blend weight over the step's whole batch, from ``non_tensor_batch["answer"]``): the
+  wrapped ``RayPPOTrainer._update_actor`` (legacy trainer, ``trainer.use_v1=False``) runs the hook
+  once per step on the whole DataProto and stores its outputs as fields (``store_loss_inputs``:
+  ``batch["grouprl_advantages"]``, ``batch["grouprl_<keyword>"]``, ``meta_info
+  ["grouprl_loss_inputs"]``); verl splits them into mini- and micro-batches with every other
+  field, and the wrapped ``ppo_loss`` hands each micro-batch to the loss, which trains on them as
+  grouprl's trainer does (the hook's advantages replace the estimator's);
+* a loss keyword in ``MODEL_OUTPUT_KEYWORDS`` (HAPO's ``token_entropy``): the wrapped
+  ``ppo_loss`` hands the loss verl's model output, whose ``entropy`` verl's actor computes when
+  ``actor.calculate_entropy=True`` (or ``entropy_coeff != 0``); the driver refuses a HAPO run
+  without it before the first update.
+
+``import grouprl.integrations.verl_plugin`` installs both wrappers (``install_field_passthrough``,
+``install_loss_passthrough``). A missing field or setting is an error naming it and the fix.
 """
 
 from __future__ import annotations
@@ -71,6 +83,7 @@ import inspect
 import json
 import os
 import sys
+from contextvars import ContextVar
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -78,10 +91,10 @@ import torch
 from torch import Tensor
 
 from ..advantages import ESTIMATORS, Estimator
-from ..advantages import get as get_estimator
-from ..advantages import parse as parse_estimator
+from ..advantages import resolve as resolve_estimator
 from ..core import Rollouts
 from ..core.batch import ROW_FIELDS, TOKEN_FIELDS
+from .declarations import hook_hparams
 
 from verl.trainer.ppo import core_algos  # noqa: E402  (this module is the verl adapter)
 
@@ -94,8 +107,12 @@ __all__ = [
     "make_policy_loss",
     "rollouts_from_verl",
     "install_field_passthrough",
+    "install_loss_passthrough",
     "loss_inputs_from_verl",
+    "store_loss_inputs",
+    "loss_hook_hparams",
     "DEFAULT_FIELD_KEYS",
+    "MODEL_OUTPUT_KEYWORDS",
 ]
 
 PREFIX = "grouprl."
@@ -169,26 +186,24 @@ def grouprl_section(config: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ estimators
-def _resolve(name: str | None, config: Any) -> tuple[Estimator, dict[str, Any]]:
-    """The grouprl Estimator for verl estimator ``name`` (None = the expression in the config)."""
+def _estimator_from_config(name: str | None, config: Any) -> tuple[Estimator, dict[str, Any]]:
+    """The grouprl Estimator for verl estimator ``name`` (None = the expression in the config), with
+    the hyperparameters of ``algorithm.grouprl.hparams`` and verl's discounts; the name or expression
+    is resolved by ``grouprl.advantages.resolve``."""
     sec = grouprl_section(config)
     hparams = dict(sec.get("hparams") or {})
+    spec = name
     if name is None:
-        expr = sec.get("expr")
-        if not expr:
+        spec = sec.get("expr")
+        if not spec:
             raise ValueError(
                 f"adv_estimator={PREFIX}{EXPR_NAME} needs algorithm.grouprl.expr, e.g. "
                 "'0.7*grpo + 0.3*rloo | whiten'."
             )
-        accepted: set[str] = set()
-        est = parse_estimator(str(expr))
-        for _, info, _ in est.terms:
-            accepted.update(info.defaults)
-        _add_discounts(hparams, accepted, config)
-        return parse_estimator(str(expr), **hparams), hparams
-    info = ESTIMATORS[name]
-    _add_discounts(hparams, set(info.defaults), config)
-    return get_estimator(name, **hparams), hparams
+        spec = str(spec)
+    accepted = {p for _, info, _ in resolve_estimator(spec).terms for p in info.defaults}
+    _add_discounts(hparams, accepted, config)
+    return resolve_estimator(spec, **hparams), hparams
 
 
 def _add_discounts(hparams: dict[str, Any], accepted: set[str], config: Any) -> None:
@@ -315,7 +330,7 @@ def make_adv_estimator(name: str | None) -> Callable[..., tuple[Tensor, Tensor]]
         grouprl_data: Any = None,
         **unused: Any,
     ) -> tuple[Tensor, Tensor]:
-        est, hparams = _resolve(name, config)
+        est, hparams = _estimator_from_config(name, config)
         needs = est.needs
         if index is None and any(i.level != "token" for _, i, _ in est.terms):
             raise ValueError(
@@ -448,28 +463,19 @@ def loss_inputs_from_verl(name: str, response_mask: Tensor, data: Any, *, hparam
     ``data`` (a DataProto, a TensorDict or a mapping) must hold verl's ``token_level_rewards``
     (B, T) and ``uid`` (the prompt uid per row) and every field the loss declares in ``needs``
     (``LossInfo.needs``, e.g. ``answer``), under its own name in ``batch`` or
-    ``non_tensor_batch``. The hook sees whole groups only if ``data`` holds them: pass the step's
-    batch (or micro-batches of whole groups). ``hparams`` go to the hook (else its defaults).
+    ``non_tensor_batch``. The hook computes group statistics (COPO: across prompts too), so
+    ``data`` must be the step's whole batch, as at ``RayPPOTrainer._update_actor``. ``hparams`` go
+    to the hook (else its defaults).
     """
     from ..losses import LOSSES
 
     info = LOSSES[name]
     who = who or f"{PREFIX}{name}"
-    needs = ("token_level_rewards", "uid", *info.needs)
-    if data is None:
-        raise ValueError(
-            f"{who} needs the DataProto field(s) {', '.join(map(repr, needs))}: verl's actor calls a policy loss "
-            "with old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config and rollout_is_weights "
-            "only; call the loss with grouprl_data=<the DataProto of these rows>, and add "
-            + ", ".join(f"non_tensor_batch[{f!r}]" for f in info.needs)
-            + " to it in the reward/rollout stage (the declared needs of the loss)."
-        )
-    for f in needs:
+    for f in ("token_level_rewards", "uid", *info.needs):
         if _lookup(data, f) is None:
             raise ValueError(
-                f"{who} needs the DataProto field {f!r}, which grouprl_data does not have: add it as "
-                f"non_tensor_batch[{f!r}] (or batch[{f!r}] for a tensor) in the reward/rollout stage, one value "
-                f"per row (the loss declares needs={info.needs})."
+                f"{who} needs the DataProto field {f!r}, which the batch does not have: {_how_to_supply(f)} "
+                f"(the loss declares needs={info.needs})."
             )
     batch = rollouts_from_verl(
         _lookup(data, "token_level_rewards"), response_mask, _lookup(data, "uid"), needs=info.needs, data=data, who=who
@@ -478,8 +484,132 @@ def loss_inputs_from_verl(name: str, response_mask: Tensor, data: Any, *, hparam
         return info.inputs(batch, **dict(hparams or {}))
 
 
-def make_policy_loss(name: str, *, inputs_hparams: Mapping[str, Any] | None = None,
-                     **fixed_hparams: Any) -> Callable[..., tuple[Tensor, dict[str, float]]]:
+def _how_to_supply(field: str) -> str:
+    """How a verl user puts a declared per-row field into the DataProto."""
+    if field in ("token_level_rewards", "uid"):
+        return "verl's trainer sets it before the advantage step"
+    return (
+        f"return it from the reward function (verl's legacy trainer copies the extra keys of a reward "
+        f"function's dict, e.g. {{'score': s, {field!r}: v}}, into non_tensor_batch[{field!r}]) or add "
+        f"non_tensor_batch[{field!r}] (batch[{field!r}] for a float tensor) in the rollout stage, one value per row"
+    )
+
+
+# ------------------------------------------------------------------ per-step inputs of a loss
+# A loss with an ``inputs`` hook (COPO) needs group statistics over the step's whole batch, but
+# verl calls a policy loss per micro-batch with seven values. The plug-in runs the hook once per
+# step on the whole DataProto (``store_loss_inputs``, called by the wrapped
+# ``RayPPOTrainer._update_actor``), stores its per-row outputs as DataProto fields, which verl splits
+# into mini- and micro-batches with every other field, and the wrapped ``ppo_loss`` hands each
+# micro-batch to the loss (``_MICRO_BATCH``), which reads them back.
+STEP_FIELD_PREFIX = "grouprl_"
+STEP_META_KEY = "grouprl_loss_inputs"
+# Loss keywords the plug-in fills from verl's model output inside ppo_loss (the keyword in the
+# loss's signature is the declaration): keyword -> (model_output key, the verl setting that makes
+# the actor compute it).
+MODEL_OUTPUT_KEYWORDS: dict[str, tuple[str, str]] = {
+    "token_entropy": ("entropy", "actor_rollout_ref.actor.calculate_entropy=True"),
+}
+
+
+def _actor_computes(actor_config: Any, key: str) -> bool:
+    """Whether verl 0.9.1's actor puts ``key`` in its model output under ``actor_config`` (its
+    trainers ask for the entropy when ``calculate_entropy`` or ``entropy_coeff != 0``)."""
+    if key == "entropy":
+        return bool(_cfg_get(actor_config, "calculate_entropy", False)) or float(
+            _cfg_get(actor_config, "entropy_coeff", 0.0)) != 0.0
+    return True
+
+
+# (micro-batch TensorDict, model_output) of the ppo_loss call in progress (set by its wrapper)
+_MICRO_BATCH: ContextVar[tuple[Any, Any] | None] = ContextVar("grouprl_verl_micro_batch", default=None)
+
+
+def store_loss_inputs(data: Any, name: str, *, hparams: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Run loss ``name``'s ``inputs`` hook once on the step's whole DataProto and store its outputs
+    for the loss: ``batch["grouprl_advantages"]`` (B, T) (the advantages the loss trains on, COPO's
+    local ones, replacing the estimator's as in grouprl's trainer), ``batch["grouprl_<kw>"]`` (B,)
+    per per-row keyword (COPO: ``global_advantages``, ``blend_weight``) and
+    ``meta_info["grouprl_loss_inputs"]`` = ``{"loss": name, "rows": [...], "kwargs": {...}}`` (the
+    scalar keywords). Returns the hook's metrics."""
+    mask = data.batch["response_mask"]
+    li = loss_inputs_from_verl(name, mask, data, hparams=hparams)
+    data.batch[f"{STEP_FIELD_PREFIX}advantages"] = li.advantages.to(torch.float32)
+    for k, v in li.row_kwargs.items():
+        data.batch[f"{STEP_FIELD_PREFIX}{k}"] = v.to(torch.float32)
+    kwargs = {k: (float(v) if isinstance(v, Tensor) else v) for k, v in li.kwargs.items()}
+    data.meta_info[STEP_META_KEY] = {"loss": name, "rows": sorted(li.row_kwargs), "kwargs": kwargs}
+    return dict(li.metrics)
+
+
+def _meta(data: Any) -> Any:
+    if data is None:
+        return None
+    if hasattr(data, "meta_info"):  # DataProto
+        return data.meta_info.get(STEP_META_KEY)
+    value = data.get(STEP_META_KEY, None) if hasattr(data, "get") else None
+    return getattr(value, "data", value)  # a TensorDict's NonTensorData -> its value
+
+
+def _stored_loss_inputs(name: str, data: Any, like: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """The advantages and keywords ``store_loss_inputs`` stored for loss ``name``, for the rows of
+    ``data`` (a micro-batch), on ``like``'s device."""
+    from ..losses import LOSSES
+
+    who = f"{PREFIX}{name}"
+    meta = _meta(data)
+    if meta is None:
+        needs = LOSSES[name].needs
+        source = (f" from the DataProto field(s) {', '.join(map(repr, needs))} (non_tensor_batch[{needs[0]!r}], one "
+                  "value per row)" if needs else "")
+        raise ValueError(
+            f"{who} needs per-step inputs that its declared inputs hook computes over the step's whole batch{source}, "
+            "but this call has none: verl's actor passes a policy loss only old_log_prob, log_prob, "
+            "advantages, response_mask, loss_agg_mode, config and rollout_is_weights. Import "
+            "grouprl.integrations.verl_plugin in the driver and the workers (VERL_USE_EXTERNAL_MODULES) and use "
+            "verl's legacy trainer (trainer.use_v1=False; its v1 trainer drops extra fields before the actor): "
+            "the plug-in then runs the hook in RayPPOTrainer._update_actor and hands each micro-batch to the "
+            "loss; or call the loss with grouprl_data=<rows after store_loss_inputs(data, "
+            f"{name!r})>."
+        )
+    if meta.get("loss") != name:
+        raise ValueError(
+            f"{who}: the DataProto holds the per-step inputs of loss {meta.get('loss')!r}, not {name!r}; "
+            "actor_rollout_ref.actor.policy_loss.loss_mode changed after store_loss_inputs ran."
+        )
+    out: dict[str, Any] = {}
+    for key in ("advantages", *meta["rows"]):
+        value = _lookup(data, f"{STEP_FIELD_PREFIX}{key}")
+        if value is None:
+            raise ValueError(f"{who}: the micro-batch has no field {STEP_FIELD_PREFIX}{key!s}; it was dropped "
+                             "between store_loss_inputs and the loss.")
+        if getattr(value, "is_nested", False):
+            value = value.to_padded_tensor(0.0)
+        out[key] = value.to(device=like.device)
+    adv = out.pop("advantages")
+    if tuple(adv.shape) != tuple(like.shape):
+        raise ValueError(f"{who}: stored advantages have shape {tuple(adv.shape)}, the log-probs "
+                         f"{tuple(like.shape)}.")
+    return adv, {**out, **meta["kwargs"]}
+
+
+def _model_output(keyword: str, who: str) -> Tensor:
+    """Loss keyword ``keyword`` (``MODEL_OUTPUT_KEYWORDS``) from the model output of the
+    ``ppo_loss`` call in progress, padded to the response as verl pads its log-probs."""
+    key, setting = MODEL_OUTPUT_KEYWORDS[keyword]
+    step = _MICRO_BATCH.get()
+    value = None if step is None else step[1].get(key, None)
+    if value is None:
+        where = ("this call is not inside verl's ppo_loss (import grouprl.integrations.verl_plugin in the workers) "
+                 if step is None else f"verl's actor did not compute {key!r}: set {setting}")
+        raise ValueError(f"{who} needs {keyword}= (the current policy's per-token {key}, (B, T)): {where}; or pass "
+                         f"{keyword}= to the loss.")
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    return no_padding_2_padding(value, step[0])
+
+
+def make_policy_loss(name: str, **fixed_hparams: Any) -> Callable[..., tuple[Tensor, dict[str, float]]]:
     """A verl policy-loss function backed by grouprl's loss ``name``.
 
     Hyperparameters, later ones winning: the verl actor fields that verl's counterpart of the loss
@@ -489,10 +619,13 @@ def make_policy_loss(name: str, *, inputs_hparams: Mapping[str, Any] | None = No
     multiplied by ``dp_size`` as verl's ``agg_loss`` does. The metrics are this micro-batch's means
     (verl averages them over micro-batches), as Python floats: ``clipfrac`` → ``actor/pg_clipfrac``,
     ``ppo_kl`` → ``actor/ppo_kl``, the others under ``actor/grouprl/``.
+
+    Beyond verl's seven values: a loss with an ``inputs`` hook (COPO) reads the per-row inputs that
+    ``store_loss_inputs`` stored for this step from ``grouprl_data`` (the micro-batch; inside verl's
+    wrapped ``ppo_loss``, the one verl is computing), and a loss taking a ``MODEL_OUTPUT_KEYWORDS``
+    keyword (HAPO's ``token_entropy``) gets it from verl's model output unless it is passed.
     """
-    key = name if not (fixed_hparams or inputs_hparams) else (
-        f"{name}\0{json.dumps([fixed_hparams, inputs_hparams], sort_keys=True, default=str)}"
-    )
+    key = name if not fixed_hparams else f"{name}\0{json.dumps(fixed_hparams, sort_keys=True, default=str)}"
     if key in _LOSS_ADAPTERS:
         return _LOSS_ADAPTERS[key]
 
@@ -506,25 +639,28 @@ def make_policy_loss(name: str, *, inputs_hparams: Mapping[str, Any] | None = No
         rollout_is_weights: Tensor | None = None,
         *,
         grouprl_data: Any = None,
+        token_entropy: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         from ..losses import LOSSES, policy_loss
 
         loss_info = LOSSES[name]
+        who = f"{PREFIX}{name}"
+        accepted = _loss_defaults(name)
         extra: dict[str, Any] = {}
-        hook_metrics: dict[str, float] = {}
         if loss_info.inputs is not None:
             # the loss's declared once-per-step inputs (as grouprl's trainer: they replace the advantages)
-            li = loss_inputs_from_verl(name, response_mask, grouprl_data, hparams=inputs_hparams,
-                                       who=f"{PREFIX}{name}")
-            advantages = li.advantages.to(device=log_prob.device)
-            extra = {**{k: v.to(log_prob.device) for k, v in li.row_kwargs.items()}, **li.kwargs}
-            hook_metrics = dict(li.metrics)
+            if grouprl_data is None and _MICRO_BATCH.get() is not None:
+                grouprl_data = _MICRO_BATCH.get()[0]
+            advantages, extra = _stored_loss_inputs(name, grouprl_data, log_prob)
         elif loss_info.needs:
             raise ValueError(
-                f"{PREFIX}{name} declares needs={loss_info.needs} but no inputs hook; the verl plug-in "
+                f"{who} declares needs={loss_info.needs} but no inputs hook; the verl plug-in "
                 "passes declared fields to a loss only through its inputs hook."
             )
-        accepted = _loss_defaults(name)
+        given = {"token_entropy": token_entropy}
+        for kw in MODEL_OUTPUT_KEYWORDS:
+            if kw in accepted:
+                extra[kw] = given[kw] if given[kw] is not None else _model_output(kw, who)
         hp = _actor_hparams(name, config, accepted)
         hp.update(_env_loss_hparams(name))
         hp.update(fixed_hparams)
@@ -532,7 +668,7 @@ def make_policy_loss(name: str, *, inputs_hparams: Mapping[str, Any] | None = No
         unknown = sorted(k for k in hp if k not in accepted and k not in _POLICY_LOSS_KWARGS)
         if unknown:
             raise TypeError(
-                f"{PREFIX}{name}: unknown hyperparameter {unknown[0]!r} (from ${LOSS_HPARAMS_ENV} or "
+                f"{who}: unknown hyperparameter {unknown[0]!r} (from ${LOSS_HPARAMS_ENV} or "
                 f"make_policy_loss); the loss takes {sorted(accepted)}."
             )
         info = dict(_cfg_get(config, "global_batch_info", None) or {})
@@ -553,7 +689,6 @@ def make_policy_loss(name: str, *, inputs_hparams: Mapping[str, Any] | None = No
         )
         loss = loss * _global_rescale(name, loss_agg_mode, bool(hp.get("respect_agg")), response_mask, info)
         out = {_verl_metric_name(k): float(v.detach().item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
-        out.update({f"actor/grouprl/{k}": float(v) for k, v in hook_metrics.items()})
         return loss, out
 
     grouprl_policy_loss.__name__ = f"grouprl_{name.replace('.', '_')}_loss"
@@ -678,16 +813,105 @@ def _wrap_compute_advantage(mod: Any, prefix: str) -> None:
     compute_advantage._grouprl_passthrough = True  # type: ignore[attr-defined]
     compute_advantage.__wrapped__ = original  # type: ignore[attr-defined]
     mod.compute_advantage = compute_advantage
-    # Modules that imported the name before the patch (verl.trainer.ppo.v1.utils, recipes). Each
-    # module's own namespace is read by key, never with getattr: a lazy module's __getattr__ (e.g.
-    # transformers', which imports a vision processor on access) must not run from an import hook.
+    _rebind(mod, "compute_advantage", original, compute_advantage)
+    _wrap_update_actor(mod)
+
+
+def _rebind(mod: Any, name: str, original: Any, wrapped: Any) -> None:
+    """Rebind ``name`` in the modules that imported ``original`` by name before the patch
+    (verl.trainer.ppo.v1.utils, verl.workers.engine_workers, recipes). Each module's own namespace
+    is read by key, never with getattr: a lazy module's __getattr__ (e.g. transformers', which
+    imports a vision processor on access) must not run from an import hook."""
     for other in list(sys.modules.values()):
         try:
             namespace = vars(other)
         except TypeError:  # an object without a __dict__ in sys.modules
             continue
-        if other is not mod and namespace.get("compute_advantage") is original:
-            namespace["compute_advantage"] = compute_advantage
+        if other is not mod and namespace.get(name) is original:
+            namespace[name] = wrapped
+
+
+def _loss_mode(actor_config: Any) -> Any:
+    return _cfg_get(_cfg_get(actor_config, "policy_loss", None), "loss_mode", "vanilla")
+
+
+def _grouprl_loss_name(loss_mode: Any) -> str | None:
+    """The grouprl loss behind verl loss mode ``loss_mode`` (None: not a grouprl loss)."""
+    fn = core_algos.POLICY_LOSS_REGISTRY.get(loss_mode) if isinstance(loss_mode, str) else None
+    return getattr(fn, "_grouprl_loss", None)
+
+
+def loss_hook_hparams(name: str, algorithm_config: Any) -> dict[str, Any]:
+    """The hyperparameters of loss ``name``'s inputs hook under verl's algorithm config: those
+    ``algorithm.grouprl.hparams`` bind to the estimator term the loss takes them from
+    (``LossInfo.inputs_hparams_from``) when ``adv_estimator`` uses it (``grouprl.copo``, or
+    ``grouprl.expr`` with a copo term); else none (the hook's defaults)."""
+    adv = _cfg_get(algorithm_config, "adv_estimator", None)
+    adv = getattr(adv, "value", adv)
+    if not isinstance(adv, str) or not adv.startswith(PREFIX):
+        return {}
+    est_name = adv[len(PREFIX):]
+    if est_name != EXPR_NAME and est_name not in ESTIMATORS:
+        return {}
+    return hook_hparams(_estimator_from_config(None if est_name == EXPR_NAME else est_name, algorithm_config)[0], name)
+
+
+def _wrap_update_actor(mod: Any) -> None:
+    """Wrap ``RayPPOTrainer._update_actor`` of verl's legacy trainer (``trainer.use_v1=False``): for
+    a grouprl loss with an ``inputs`` hook, run it on the step's whole batch first
+    (``store_loss_inputs``) and log its metrics; for a loss taking a ``MODEL_OUTPUT_KEYWORDS``
+    keyword, refuse a config under which verl's actor does not compute it, before the update."""
+    cls = vars(mod).get("RayPPOTrainer")
+    original = getattr(cls, "_update_actor", None) if cls is not None else None
+    if original is None or getattr(original, "_grouprl_passthrough", False):
+        return
+
+    def _update_actor(self: Any, batch: Any) -> Any:
+        from ..losses import LOSSES
+
+        actor = self.config.actor_rollout_ref.actor
+        name = _grouprl_loss_name(_loss_mode(actor))
+        if name is None:
+            return original(self, batch)
+        who = f"{PREFIX}{name}"
+        for kw, (key, setting) in MODEL_OUTPUT_KEYWORDS.items():
+            if kw in LOSSES[name].defaults and not _actor_computes(actor, key):
+                raise ValueError(f"{who} needs {kw}= (the current policy's per-token {key}), which verl's actor "
+                                 f"computes only when asked: set {setting}.")
+        metrics: dict[str, float] = {}
+        if LOSSES[name].inputs is not None:
+            metrics = store_loss_inputs(batch, name, hparams=loss_hook_hparams(name, self.config.algorithm))
+        output = original(self, batch)
+        if metrics:
+            output.meta_info["metrics"].update({f"actor/grouprl/{k}": float(v) for k, v in metrics.items()})
+        return output
+
+    _update_actor.__doc__ = (original.__doc__ or "") + "\n\n(Wrapped by grouprl: a grouprl loss's per-step inputs.)"
+    _update_actor._grouprl_passthrough = True  # type: ignore[attr-defined]
+    _update_actor.__wrapped__ = original  # type: ignore[attr-defined]
+    cls._update_actor = _update_actor
+
+
+def _wrap_ppo_loss(mod: Any) -> None:
+    """Wrap verl's ``ppo_loss`` (the function its actor calls per micro-batch with the model
+    output and the micro-batch TensorDict) so that, while it runs, a grouprl policy loss can read
+    that micro-batch and model output (``_MICRO_BATCH``); verl's own computation is unchanged."""
+    original = getattr(mod, "ppo_loss")
+    if getattr(original, "_grouprl_passthrough", False):
+        return
+
+    def ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) -> Any:
+        token = _MICRO_BATCH.set((data, model_output))
+        try:
+            return original(config=config, model_output=model_output, data=data, dp_group=dp_group)
+        finally:
+            _MICRO_BATCH.reset(token)
+
+    ppo_loss.__doc__ = (original.__doc__ or "") + "\n\n(Wrapped by grouprl: grouprl losses see the micro-batch.)"
+    ppo_loss._grouprl_passthrough = True  # type: ignore[attr-defined]
+    ppo_loss.__wrapped__ = original  # type: ignore[attr-defined]
+    mod.ppo_loss = ppo_loss
+    _rebind(mod, "ppo_loss", original, ppo_loss)
 
 
 class _WrappedLoader(importlib.abc.Loader):
@@ -726,24 +950,42 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-def install_field_passthrough(module: str = TRAINER_MODULE, prefix: str = PREFIX) -> bool:
-    """Let grouprl estimators read any DataProto field (values, log-probs, step ids, state keys...).
-
-    Wraps ``compute_advantage`` of ``module`` (verl's ``ray_trainer``; also rebinds copies imported
-    by name, e.g. in ``verl.trainer.ppo.v1.utils``). For an estimator registered by this plug-in
-    the wrapper calls it with the DataProto as ``grouprl_data``; any other estimator goes to verl's
-    function unchanged. If ``module`` is not imported yet, a one-shot import hook patches it when
-    it is, so calling this costs no import. Returns True if patched now, False if deferred.
-
-    Limit (verl 0.9.1): the v1 trainer (``trainer.use_v1=True``, the default) builds the DataProto
-    for advantages from a fixed list of fields (uid, response_mask, rm_scores, rollout_log_probs,
-    old_log_probs, ref_log_prob, values), so there only those are available; the legacy trainer
-    (``trainer.use_v1=False``) passes every field of the batch.
-    """
-    patch = lambda m: _wrap_compute_advantage(m, prefix)  # noqa: E731
+def _install(module: str, patch: Callable[[Any], None]) -> bool:
     if module in sys.modules:
         patch(sys.modules[module])
         return True
     if not any(isinstance(f, _PatchOnImport) and f.target == module for f in sys.meta_path):
         sys.meta_path.insert(0, _PatchOnImport(module, patch))
     return False
+
+
+def install_field_passthrough(module: str = TRAINER_MODULE, prefix: str = PREFIX) -> bool:
+    """Let grouprl estimators read any DataProto field (values, log-probs, step ids, state keys...),
+    and grouprl losses with an ``inputs`` hook get their per-step inputs.
+
+    Wraps ``compute_advantage`` of ``module`` (verl's ``ray_trainer``; also rebinds copies imported
+    by name, e.g. in ``verl.trainer.ppo.v1.utils``). For an estimator registered by this plug-in
+    the wrapper calls it with the DataProto as ``grouprl_data``; any other estimator goes to verl's
+    function unchanged. Also wraps ``RayPPOTrainer._update_actor`` there (``_wrap_update_actor``).
+    If ``module`` is not imported yet, a one-shot import hook patches it when it is, so calling this
+    costs no import. Returns True if patched now, False if deferred.
+
+    Limit (verl 0.9.1): the v1 trainer (``trainer.use_v1=True``, the default) builds the DataProto
+    for advantages from a fixed list of fields (uid, response_mask, rm_scores, rollout_log_probs,
+    old_log_probs, ref_log_prob, values), so there only those are available, and it sends the actor
+    only the fields it lists, so a loss's per-step inputs need the legacy trainer
+    (``trainer.use_v1=False``), which passes every field.
+    """
+    return _install(module, lambda m: _wrap_compute_advantage(m, prefix))
+
+
+LOSSES_MODULE = "verl.workers.utils.losses"
+
+
+def install_loss_passthrough(module: str = LOSSES_MODULE) -> bool:
+    """Let grouprl losses see the micro-batch and model output of verl's ``ppo_loss`` call: wraps
+    ``ppo_loss`` of ``module`` (and the copy ``verl.workers.engine_workers`` imported by name,
+    which its actor binds with ``functools.partial`` when the model is built). Needed in the
+    workers for losses with an ``inputs`` hook (COPO) or a model-output keyword (HAPO's
+    ``token_entropy``). Now or on import, as ``install_field_passthrough``."""
+    return _install(module, _wrap_ppo_loss)

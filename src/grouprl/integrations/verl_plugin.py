@@ -1,7 +1,8 @@
 """Import side effect: activate grouprl inside verl.
 
 ``import grouprl.integrations.verl_plugin`` registers every grouprl estimator and policy loss with
-verl under the ``grouprl.`` prefix and installs the DataProto field pass-through (see
+verl under the ``grouprl.`` prefix and installs the pass-throughs
+(DataProto fields to estimators, per-step inputs and the micro-batch to losses; see
 ``grouprl.integrations.verl``). It is meant for verl's own plug-in hooks, which run in every
 process that imports verl (the trainer and each Ray worker):
 
@@ -13,9 +14,10 @@ process that imports verl (the trainer and each Ray worker):
 
 from __future__ import annotations
 
-from .verl import install_field_passthrough, register_all
+from .verl import install_field_passthrough, install_loss_passthrough, register_all
 
 REGISTERED = register_all()
 install_field_passthrough()
+install_loss_passthrough()
 
 __all__ = ["REGISTERED"]

@@ -1,4 +1,5 @@
-"""Floor 2: policy losses by name, KL estimators, entropy bonus and loss aggregation.
+"""Floor 2: policy losses by name, KL estimators, entropy bonus, loss aggregation, the value loss and
+rollout importance weights.
 
     from grouprl.losses import policy_loss, normalizers
     norms = normalizers(full_mask)                         # once per (mini-)batch
@@ -12,6 +13,7 @@ five aggregation modes and ``kl`` for the KL estimators.
 """
 
 from .aggregation import AGG_MODES, aggregate, normalizers
+from .importance import ROLLOUT_IS, rollout_is, rollout_is_weights
 from .kl import KL_TYPES, kl_penalty
 from .registry import LOSSES, LossInfo, example_inputs, policy_loss, register_loss, run_example, token_losses
 from .value import value_loss
@@ -23,7 +25,7 @@ def _register_all() -> None:
     import pkgutil
 
     for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and mod.name not in ("registry", "aggregation", "kl", "value"):
+        if not mod.name.startswith("_") and mod.name not in ("registry", "aggregation", "importance", "kl", "value"):
             importlib.import_module(f"{__name__}.{mod.name}")
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "AGG_MODES",
     "KL_TYPES",
     "LOSSES",
+    "ROLLOUT_IS",
     "LossInfo",
     "aggregate",
     "clip_cov_select",
@@ -44,6 +47,8 @@ __all__ = [
     "normalizers",
     "policy_loss",
     "register_loss",
+    "rollout_is",
+    "rollout_is_weights",
     "run_example",
     "token_covariance",
     "token_losses",

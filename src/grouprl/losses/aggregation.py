@@ -24,8 +24,8 @@ Under data parallelism pass the all-reduced global counts and ``dp_size`` (the n
 the loss is multiplied by it, which undoes DDP/FSDP gradient averaging (as verl's ``dp_size``).
 
 **Dr. GRPO's constant.** ``seq-mean-token-sum-norm`` divides by ``N_seq · C`` — the paper's
-"mean over responses of the token sum divided by MAX_TOKENS", which gives the +0.125 of the worked
-example in methods/grpo-family.md section 5 (and verl 0.9.1's form as anchors.md section 1.5 reads it).
+"mean over responses of the token sum divided by MAX_TOKENS" (arXiv:2503.20783), which gives the +0.125
+of the Dr. GRPO worked example (tests/test_aggregation.py), and verl 0.9.1's form.
 Older verl releases divided by C only, without 1/N_seq: pass ``num_seqs=1`` for that. When ``norm_const`` is
 ``None``, C is the padded width T of the mask, with a ``UserWarning``: T changes from batch to batch
 unless the padding is fixed, which re-weights steps silently; pass the generation budget instead.

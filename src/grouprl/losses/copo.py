@@ -1,5 +1,4 @@
-"""COPO's soft blend of a local and a global clipped surrogate (copo.md §2 steps 5–6),
-arXiv:2508.04138: the registered loss ``copo``. The advantages and the weight come from
+"""COPO's soft blend of a local and a global clipped surrogate, arXiv:2508.04138: the registered loss ``copo``. The advantages and the weight come from
 ``grouprl.advantages.copo.copo_terms``."""
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ def copo_loss_inputs(batch: Any, **hparams: Any) -> LossInputs:
     inputs_hparams_from="copo",
     paper="COPO: Consistency-Aware Policy Optimization, arXiv:2508.04138",
     example={
-        # ρ = 1: ℓ = −[(1 − w)·A^glob + w·A^loc]; prompts A and C of the spec's batch (k = 5, b = 1)
+        # ρ = 1: ℓ = −[(1 − w)·A^glob + w·A^loc]; prompts A and C of the worked example's batch (k = 5, b = 1)
         "logprobs": [[0.0, 0.0], [0.0, 0.0]],
         "old_logprobs": [[0.0, 0.0], [0.0, 0.0]],
         "advantages": [[0.0, 0.0], [0.866, 0.866]],

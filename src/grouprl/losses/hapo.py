@@ -1,4 +1,4 @@
-"""HAPO's policy loss (hapo.md §2.4–2.5), arXiv:2509.16591: Differential Advantage Redistribution
+"""HAPO's policy loss, arXiv:2509.16591: Differential Advantage Redistribution
 and Asymmetric Adaptive Clipping, driven by the current policy's token entropies.
 
 ``policy_loss("hapo", lp, old, adv, mask, token_entropy=H, agg="token-mean", ...)``: ``H`` (B, T)
@@ -49,7 +49,7 @@ def hapo_redistribute(adv: Tensor, ratio: Tensor, h_hat: Tensor, eps_low: Tensor
     paper="From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature "
     "(HAPO), arXiv:2509.16591",
     example={
-        # hapo.md §5: H = [0.05, 0.2, 0.4, 1.0, 2.5] -> signed ĥ [−1, −.537, −.306, 0, 1];
+        # worked example: H = [0.05, 0.2, 0.4, 1.0, 2.5] -> signed ĥ [−1, −.537, −.306, 0, 1];
         # A = 1 and ρ = [1.0, 1.2, 1.0, 1.0, 1.3] -> A' = [0, 1, 0.694, 1, 2]
         "logprobs": [[0.0, 0.18232155679395462, 0.0, 0.0, 0.26236426446749106]],
         "old_logprobs": [[0.0, 0.0, 0.0, 0.0, 0.0]],
@@ -77,11 +77,11 @@ def hapo(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """HAPO loss: entropy-adapted clip ranges and redistributed advantages in the PPO-clip surrogate.
 
-    With ĥ from the current policy's ``token_entropy`` (hapo.md §2.1; signed by default — the
+    With ĥ from the current policy's ``token_entropy`` (``grouprl.core.entropy``; signed by default — the
     paper's reading — or the reference code's unsigned ĥ with ``code_compat=True``):
 
-        ε_low*, ε_high* = hapo_clip_ranges(ĥ)                        (§2.5)
-        A' = hapo_redistribute(A, ρ, ĥ, ε_low*, ε_high*, β)          (§2.4, no gradient)
+        ε_low*, ε_high* = hapo_clip_ranges(ĥ)                        (Asymmetric Adaptive Clipping)
+        A' = hapo_redistribute(A, ρ, ĥ, ε_low*, ε_high*, β)          (Differential Advantage Redistribution, no gradient)
         ℓ = −min(ρ A', clip(ρ, 1 − ε_low*, 1 + ε_high*) A'), dual clip c = 10 for A' < 0
 
     The statistics of ĥ come from this call's valid tokens (per micro-batch, as the reference

@@ -54,7 +54,6 @@ def expected_calibration_error(pred, outcome, n_bins: int = 10) -> float:
         raise ValueError(f"expected_calibration_error: n_bins={n_bins}; pass a positive int (10 is usual).")
     p, y = _inputs(pred, outcome, "expected_calibration_error")
     b = torch.clamp((p * n_bins).floor().long(), max=n_bins - 1)
-    cnt = torch.bincount(b, minlength=n_bins).to(torch.float64)
     sp = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, b, p)
     sy = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, b, y)
     return float((sy - sp).abs().sum() / p.numel())  # Σ_b n_b/n · |ȳ_b − p̄_b| = Σ_b |Σy − Σp| / n

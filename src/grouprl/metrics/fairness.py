@@ -1,4 +1,4 @@
-"""Per-data-group reports: who is left behind (group-fairness-metrics.md 2.1).
+"""Per-data-group reports: who is left behind (Negotiative Alignment, arXiv:2503.12613).
 
 From "Negotiative Alignment" (Mushkani et al., arXiv 2503.12613), over group utilities U_g:
 
@@ -6,7 +6,7 @@ From "Negotiative Alignment" (Mushkani et al., arXiv 2503.12613), over group uti
 * p20: the 20th percentile of the utilities after min-max normalisation (x − min)/(max − min);
 * Gini G = Σ_i Σ_j |x_i − x_j| / (2 n² mean(x)).
 
-**Proposed readings** (the spec's): percentile interpolation is numpy "linear"; when max = min the
+**Proposed readings** (this library's): percentile interpolation is numpy "linear"; when max = min the
 normalised values are all 1; the Gini is applied to raw, non-negative utilities (negative values
 raise). A Gini of n equal values is 0; of a one-hot vector (n − 1)/n.
 """
@@ -55,7 +55,7 @@ def minmax_normalise(values) -> Tensor:
 
 def percentile(values, q: float = 20.0, *, normalise: bool = True) -> float:
     """The q-th percentile (linear interpolation, as numpy's default) of the values, min-max
-    normalised first when ``normalise`` (the spec's p20 satisfaction)."""
+    normalised first when ``normalise`` (the p20 satisfaction of arXiv:2503.12613)."""
     if not 0.0 <= q <= 100.0:
         raise ValueError(f"percentile: q={q} must lie in [0, 100].")
     x = minmax_normalise(values) if normalise else as_vector("values", values, "percentile")

@@ -1,4 +1,4 @@
-"""COPO's answer side (copo.md, arXiv:2508.04138): extract each response's final answer and map
+"""COPO's answer side (arXiv:2508.04138): extract each response's final answer and map
 it to an int64 id for ``Rollouts(answer=...)``; the consistency entropy, global reward and blend
 live in ``grouprl.advantages.copo`` because they are standardised across the batch's prompts.
 

@@ -1,4 +1,4 @@
-"""MaxMin-RLHF's reward mixture (maxmin-rlhf.md §2.1), arXiv:2402.08925: EM over K reward models.
+"""MaxMin-RLHF's reward mixture (Algorithm 1), arXiv:2402.08925: EM over K reward models.
 
 Preference data are comparisons (x, y_w, y_l) grouped by user h. Under reward model φ_u the
 Bradley–Terry likelihood of one comparison is σ(r_u(x, y_w) − r_u(x, y_l)). EM with hard
@@ -100,7 +100,7 @@ def fit_reward_mixture(
     ``init`` or N(0, 1) with ``seed`` (restart r uses ``seed + r``). Stops when the assignment no
     longer changes.
 
-    Empty clusters (spec §4: keep φ_u, or re-seed it). With ``reseed_empty`` (default) a cluster
+    Empty clusters (the paper is silent: keep φ_u, or re-seed it). With ``reseed_empty`` (default) a cluster
     left without users by an E-step is re-seeded with the user that its current model explains
     worst (lowest mean log-likelihood per comparison, taken from a cluster that keeps at least one
     user), so that the M-step refits it on that user's data; without it the cluster keeps its θ.

@@ -1,4 +1,4 @@
-"""DAPO's overlong reward shaping (grpo-family.md §2.3), arXiv:2503.14476.
+"""DAPO's overlong reward shaping, arXiv:2503.14476.
 
 * Soft overlong punishment, added to the correctness reward:
       R_len(y) = 0                                   if |y| ≤ L_max − L_cache

@@ -1,5 +1,5 @@
-"""User-labelled preference data and the K reward models MaxMin-RLHF fits to it (arXiv:2402.08925, §4
-and Algorithm 1): the JSONL format, its loader, the response features, and the saved reward models.
+"""User-labelled preference data and the K reward models MaxMin-RLHF fits to it (arXiv:2402.08925,
+Algorithm 1): the JSONL format, its loader, the response features, and the saved reward models.
 
 **Preference data (JSONL).** One JSON object per line (blank lines are skipped)::
 
@@ -234,7 +234,7 @@ def fit_preference_models(
     lr: float = 0.5,
     l2: float = 1e-3,
 ) -> tuple[RewardModels, RewardMixture]:
-    """MaxMin-RLHF's EM (hard assignment, spec §2.1) over ``data``: K = ``clusters`` linear BT reward
+    """MaxMin-RLHF's EM (hard assignment, the paper's Algorithm 1) over ``data``: K = ``clusters`` linear BT reward
     models on the ``chars-v1`` features; returns the saved-format models and the raw fit.
 
     The difference features are divided by their standard deviation over the data (a constant

@@ -1,4 +1,4 @@
-"""GREAM's Residual-Sensitive Verifiable Reward, RSVR (srpo-gream.md §2.1), arXiv:2510.20815.
+"""GREAM's Residual-Sensitive Verifiable Reward, RSVR, arXiv:2510.20815.
 
 Items are hierarchical codes from residual quantisation, written as index tokens such as
 ``<|a_12|><|b_3|><|c_40|><|d_7|>`` (coarsest level first). RSVR gives graded credit:

@@ -1,4 +1,4 @@
-"""HAPO's Adaptive Temperature Sampling (hapo.md §2.2), arXiv:2509.16591, as a logits processor.
+"""HAPO's Adaptive Temperature Sampling, arXiv:2509.16591, as a logits processor.
 
     proc = AdaptiveTemperature(tau=0.05, base=1.0)
     gen = sample(model, prompts, ..., logits_processor=proc)     # fixed T₀ while proc has no stats

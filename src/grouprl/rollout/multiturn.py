@@ -174,7 +174,6 @@ def run_episodes(
                 still.append(i)
         live = still
 
-    B = len(r_env)
     p_ids, p_mask = left_pad(r_prompt, tokenizer.pad_token_id)
     T = max(max(len(r) for r in r_resp), 1)
     resp = torch.stack([pad_right(torch.tensor(r, dtype=torch.int64), T, tokenizer.pad_token_id) for r in r_resp])

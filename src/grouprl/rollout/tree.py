@@ -1,4 +1,4 @@
-"""SPO-tree sampling (spo.md §2.2), arXiv:2505.23564: a tree of fixed-length segments per prompt.
+"""SPO-tree sampling, arXiv:2505.23564: a tree of fixed-length segments per prompt.
 
 ``tree_rollout(model, first, branch=(b1, b2), segment_len=M, ...)`` grows the tree from ``first``,
 the depth-0 layer: ``b0`` responses per prompt (a normal rollout), each cut to its first M tokens —

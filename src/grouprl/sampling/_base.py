@@ -124,7 +124,8 @@ class Sampler:
     # -- helpers --------------------------------------------------------------------------------
     def _check_budget(self, prompts_per_step: int) -> int:
         """The step's group budget: ``prompts_per_step``, or the whole pool when it is smaller
-        (a batch never holds two groups of one prompt; VADE's spec: "pool smaller than B: take all")."""
+        (a batch never holds two groups of one prompt; as proposed for VADE, arXiv:2511.18902: "pool
+        smaller than B: take all")."""
         if isinstance(prompts_per_step, bool) or not isinstance(prompts_per_step, (int, np.integer)) or prompts_per_step < 1:
             raise ValueError(f"prompts_per_step: expected a positive int, got {prompts_per_step!r}.")
         return min(int(prompts_per_step), self.num_prompts)

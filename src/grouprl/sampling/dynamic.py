@@ -10,7 +10,7 @@
   ``B_c[N:]`` goes into a recovery buffer ``B_r`` that is moved to the front of the next step's
   buffer, so recovered samples (one policy version stale, no importance correction) train first.
 
-Both count the batch in whole groups (proposed reading of confucius3.md: keep groups intact when
+Both count the batch in whole groups (a proposed reading of Confucius3-Math, arXiv:2506.18330: keep groups intact when
 splitting at N; NGRPO's code truncates by sample count and may split a group, which this library
 does not do). A prompt never appears twice in one training batch (a second group of the same prompt
 stays in the surplus), so the trainer can use the prompt index as the group id.

@@ -1,16 +1,16 @@
 """``equitable`` / ``equitable_maxmin``: divide each step's prompt budget across data groups.
 
 After "Adaptive Sampling Strategies to Construct Equitable Training Datasets" (Cai et al.,
-arXiv 2202.01327). Verified at abstract level (group-fairness-metrics.md 2.2): choose per-group
+arXiv:2202.01327). Verified at abstract level: choose per-group
 sample sizes n_g maximising f(P_1(n_1), …, P_K(n_K)) under a budget, where P_g follows a
 group-specific learning curve and f is utilitarian (average) or egalitarian (worst group); a
 sequential algorithm re-fits the curves and gives the next batch to the group with the largest
 estimated marginal gain (egalitarian: the group with the worst estimated error).
 
-**Proposed readings** (the spec's, and this library's for RL):
+**Proposed readings** (this library's, for RL too):
 
-* learning curve err_g(n) = a_g · n^(−b_g), fitted by least squares on (log n, log err) — the
-  spec's proposed form; b_g is clipped to [0, ``b_max``];
+* learning curve err_g(n) = a_g · n^(−b_g), fitted by least squares on (log n, log err) — a
+  proposed form; b_g is clipped to [0, ``b_max``];
 * in RL, n_g is the number of prompts of group g trained on so far and err_g is 1 − the group's
   mean success (rewards mapped onto [0, 1] by ``reward_range``) measured on the step's rollouts,
   recorded at n = max(n_g, 1) before the step's prompts are added;
@@ -251,7 +251,7 @@ class EquitableSampler(Sampler):
 @register("equitable_maxmin")
 class EquitableMaxMinSampler(EquitableSampler):
     """Egalitarian (max-min) variant of ``equitable``: each prompt beyond ``min_per_group`` goes to
-    the group whose fitted curve predicts the worst error at its current n (group-fairness-metrics.md
-    2.2, step 2 for egalitarian f). Greedy from a pilot cannot reach an optimum below the pilot size."""
+    the group whose fitted curve predicts the worst error at its current n (arXiv:2202.01327's sequential
+    algorithm for an egalitarian f). Greedy from a pilot cannot reach an optimum below the pilot size."""
 
     objective = "egalitarian"

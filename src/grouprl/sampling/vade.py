@@ -5,7 +5,7 @@ online from the rollouts the trainer already makes; a Thompson sampler that pick
 *before* rollout to maximise information gain through the estimated correctness probability; a
 two-scale prior decay so the estimates track the moving policy.
 
-**Proposed reading** (vade.md section 2.2, not checked against FloSophoraeX/VADE): every formula
+**Proposed reading** (of VADE, arXiv:2511.18902, from its abstract; not checked against FloSophoraeX/VADE): every formula
 below — the update, the score, the decay and its constants.
 
 * prior Beta(α0, β0) = Beta(1, 1);
@@ -68,7 +68,7 @@ def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 class VadeSampler(Sampler):
     """VADE: Thompson sampling of prompts from per-prompt Beta posteriors of success (see module doc).
 
-    Hyperparameters (all proposed readings, vade.md section 3): ``alpha0``/``beta0`` (1, 1),
+    Hyperparameters (all proposed readings): ``alpha0``/``beta0`` (1, 1),
     ``score`` ("variance" | "mixed", the latter needs ``group_size``), ``fast_decay`` λ_s (0.99),
     ``slow_decay`` λ_e (0.9), ``decay`` ("two_scale" | "staleness"), ``candidates`` (None: score the
     whole pool; c: score a random subset of ceil(c·B) prompts), ``reward_range`` (rewards are mapped

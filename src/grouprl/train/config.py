@@ -3,6 +3,14 @@
 ``parse_overrides(["estimator=ngrpo", "--model", "5M", "--estimator_kwargs.eps=1e-6"])`` turns
 command-line words into a dict; ``load_config(path, overrides)`` merges YAML and overrides and
 validates. Errors are ``ConfigError`` with the key and the reason (unknown key -> close matches).
+
+Sections (``SECTIONS``: model, task, rollout, method, optim, eval, run) group the fields for files
+and help, not for attribute access: ``cfg.lr`` stays. A config file is flat (every field at the top
+level, as every config.yaml written before sections) or nested (``optim: {lr: 1e-4}``), never both;
+``flatten_sections`` reads either, ``nest_sections`` writes the nested form (a run's config.yaml).
+Overrides take ``lr=1e-5`` and ``optim.lr=1e-5`` alike. A field keeps its name inside its section,
+so the three fields named like their section read ``model: {model: 1M}``, ``task: {task: add3r}``,
+``method: {method: dapo}``: a mapping under a section name is the section, a string the field.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,13 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config_checks import (
     MAX_REWARD_TIMEOUT_S,
     check_group_of_one,
+    check_mode,
     check_model,
     check_reward_spec,
     check_task,
     checked_keywords,
 )
 
-__all__ = ["TrainConfig", "ConfigError", "parse_overrides", "load_config", "build_config", "RESUMABLE_FIELDS"]
+__all__ = ["TrainConfig", "ConfigError", "parse_overrides", "load_config", "build_config", "RESUMABLE_FIELDS",
+           "SECTIONS", "SECTION_OF", "flatten_sections", "nest_sections", "read_config_file", "read_yaml_mapping", "config_yaml"]
 
 
 class ConfigError(ValueError):
@@ -159,7 +169,7 @@ class TrainConfig(BaseModel):
     )
     tensorboard: bool = Field(True, description="TensorBoard event files in RUN/tb (a one-line note when TensorBoard is not installed)")
     progress: bool = True
-    # multi-turn agents (grouprl.train.agent_loop, selected by env=<name>; docs/agents.md)
+    # multi-turn agents (grouprl.train.env_source, selected by env=<name>; docs/agents.md)
     env: str | None = Field(None, description="train an agent in this text environment (grouprl.envs) instead of a task")
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the environment")
     eval_env_kwargs: dict[str, Any] = Field(
@@ -284,6 +294,7 @@ class TrainConfig(BaseModel):
             check_task(self.task)
         if self.init is None:
             check_model(self.model)
+        check_mode(self)  # options and estimator/loss fields fit the mode: task or env= (grouprl.train.modes)
         # coerced values are written past validate_assignment (no re-validation loop)
         for name, value in checked_keywords(self).items():
             self.__dict__[name] = value
@@ -333,15 +344,164 @@ class TrainConfig(BaseModel):
         check_method_config(self)  # reward components / reward models and estimator hyperparameters
         return self
 
-    def compat_hash(self) -> str:
-        """Hash of the fields that a resumed run must share with the original (all but RESUMABLE_FIELDS)."""
-        d = {k: v for k, v in self.model_dump().items() if k not in RESUMABLE_FIELDS}
+    def compat_hash(self, fields: Iterable[str] | None = None) -> str:
+        """Hash of the fields that a resumed run must share with the original (all but RESUMABLE_FIELDS).
+
+        ``fields`` restricts it to the fields a run of an older version had (the keys of its
+        config.yaml): a field added since takes its default in the resumed config and is checked
+        against that default by :func:`grouprl.train.rundir.check_resume`, not by the hash."""
+        keep = None if fields is None else set(fields)
+        d = {k: v for k, v in self.model_dump().items() if k not in RESUMABLE_FIELDS and (keep is None or k in keep)}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUMABLE_FIELDS = frozenset({"steps", "threads", "tensorboard", "progress", "out_dir", "name", "save_every", "keep_checkpoints",
                               "max_failed_reward_steps"})
+
+
+class Section(NamedTuple):
+    """One group of fields of a config file and of ``grouprl train --help``."""
+
+    doc: str
+    fields: tuple[str, ...]
+
+
+#: Every field of TrainConfig in exactly one section (checked when this module is imported), in the
+#: order of a written config.yaml and of the help panels; docs/training.md holds this as a table.
+SECTIONS: dict[str, Section] = {
+    "model": Section(
+        "the policy and where RL starts: a preset or checkpoint, the shipped or SFT warm start, LoRA",
+        ("model", "init", "warm_start", "sft_steps", "sft_batch_size", "sft_lr", "sft_warmup_steps", "sft_target_acc",
+         "sft_check_every", "sft_val_size", "expert_noise", "lora_rank", "lora_alpha", "lora_dropout",
+         "lora_target_modules"),
+    ),
+    "task": Section(
+        "what is learned and how it is scored: a task or a multi-turn environment, the reward",
+        ("task", "task_kwargs", "env", "env_kwargs", "max_turns", "history_len", "instruction", "reward_fn",
+         "reward_timeout_s", "failure_reward", "max_failed_reward_steps", "reward_components", "reward_models"),
+    ),
+    "rollout": Section(
+        "sampling: prompts per step and their sampler, responses per prompt, length, temperature",
+        ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_p", "sampler", "sampler_kwargs"),
+    ),
+    "method": Section(
+        "the RL method: recipe, advantage estimator, policy loss and aggregation, credit, old log-probs, KL, "
+        "entropy, reward shaping",
+        ("method", "estimator", "estimator_kwargs", "loss", "loss_kwargs", "agg", "norm_const", "credit",
+         "credit_kwargs", "old_logprobs", "rollout_is", "rollout_is_cap", "kl_coef", "kl_type", "kl_in_reward",
+         "entropy_coef", "ter", "ter_kwargs", "overlong_buffer", "overlong_factor", "mask_truncated"),
+    ),
+    "optim": Section(
+        "the update: steps, learning rate and schedule, AdamW, gradient clipping, epochs and batch split",
+        ("steps", "lr", "lr_schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip",
+         "ppo_epochs", "mini_batches", "micro_batch_size"),
+    ),
+    "eval": Section(
+        "held-out evaluation: how often, on how many examples, pass@k",
+        ("eval_every", "eval_size", "pass_k", "pass_k_size", "eval_env_kwargs"),
+    ),
+    "run": Section(
+        "the run itself: directory, seed, threads, device, precision, checkpoints, logging",
+        ("name", "out_dir", "seed", "threads", "device", "precision", "save_every", "keep_checkpoints", "tensorboard",
+         "progress"),
+    ),
+}
+SECTION_OF: dict[str, str] = {f: name for name, sec in SECTIONS.items() for f in sec.fields}
+
+
+def _check_sections() -> None:
+    listed = [f for sec in SECTIONS.values() for f in sec.fields]
+    twice = sorted({f for f in listed if listed.count(f) > 1})
+    missing = [f for f in TrainConfig.model_fields if f not in SECTION_OF]
+    stale = [f for f in SECTION_OF if f not in TrainConfig.model_fields]
+    if twice or missing or stale:  # a field without a section would be dropped from a written config.yaml
+        raise RuntimeError(
+            f"grouprl.train.config.SECTIONS does not list every TrainConfig field exactly once (in no section: "
+            f"{missing}, in two: {twice}, not a field: {stale}); add each field to the section it belongs to"
+        )
+
+
+_check_sections()
+
+
+def _close(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _section_fields(section: str, body: dict[str, Any], where: str) -> dict[str, Any]:
+    """The fields of one section's mapping; a field of another section or no field is an error."""
+    out = {}
+    for key, value in body.items():
+        home = SECTION_OF.get(key)
+        if home is None:
+            raise ConfigError(f"{where}: unknown config key {key!r} in section {section}"
+                              f"{_close(key, list(SECTIONS[section].fields) + list(SECTION_OF))}; "
+                              f"section {section} holds {', '.join(SECTIONS[section].fields)}")
+        if home != section:
+            raise ConfigError(f"{where}: {key} belongs to section {home}, not {section}; move it there "
+                              f"({home}: {{{key}: ...}}, or {home}.{key}=... on the command line)")
+        out[key] = value
+    return out
+
+
+def _is_section(key: str, value: Any) -> bool:
+    # no section is named like a dict field; model, task, method name a section and a string field
+    return key in SECTIONS and isinstance(value, dict)
+
+
+def flatten_sections(values: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """A config written flat or nested by section, as the flat dict of fields TrainConfig takes.
+
+    Flat (no mapping under a section name) is returned as it is. Nested: every top-level key is a
+    section and holds only its own fields. A dict mixing both, a section holding another section's
+    field or an unknown key is a ``ConfigError`` naming ``where`` and saying where each key goes."""
+    sections = [k for k, v in values.items() if _is_section(k, v)]
+    if not sections:
+        return values
+    loose = [k for k in values if k not in sections]
+    if loose:
+        moves = []
+        for k in loose:
+            if k in SECTION_OF:
+                moves.append(f"{k} -> {SECTION_OF[k]}")
+            elif k in SECTIONS:
+                moves.append(f"section {k} holds no mapping (write {k}: {{FIELD: VALUE}} or drop it)")
+            else:
+                moves.append(f"{k} is neither a section nor a field{_close(k, list(SECTIONS) + list(SECTION_OF))}")
+        raise ConfigError(
+            f"{where} mixes sections ({', '.join(sections)}) with top-level fields ({', '.join(loose)}). A config is "
+            f"either flat (every field at the top level, as config.yaml files before sections) or nested "
+            f"(every field under its section: {', '.join(SECTIONS)}). To nest it, move each top-level key under "
+            f"its section: {'; '.join(moves)}"
+        )
+    out: dict[str, Any] = {}
+    for name in sections:
+        out.update(_section_fields(name, values[name], where))
+    return out
+
+
+def nest_sections(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The flat ``values`` grouped by section, in ``SECTIONS`` order (sections without a field left out)."""
+    nested = {name: {f: values[f] for f in sec.fields if f in values} for name, sec in SECTIONS.items()}
+    return {name: body for name, body in nested.items() if body}
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """``cfg`` as the YAML of a run's config.yaml: every field, nested by section."""
+    return yaml.safe_dump(nest_sections(cfg.model_dump()), sort_keys=False)
+
+
+def _lift_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """Overrides where ``optim.lr=...`` (a section's mapping) and ``lr=...`` may mix: the flat dict."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        for field, v in (_section_fields(key, value, "override") if _is_section(key, value) else {key: value}).items():
+            if field in out and not (isinstance(v, dict) and isinstance(out[field], dict)):
+                raise ConfigError(f"{field} is set twice (as {field}= and {SECTION_OF[field]}.{field}=); keep one")
+            out[field] = _merge(out[field], v) if field in out else v
+    return out
 
 
 class _Flag:
@@ -363,7 +523,8 @@ def _coerce(text: str) -> Any:
 
 
 def parse_overrides(words: list[str]) -> dict[str, Any]:
-    """``key=value``, ``--key value``, ``--key=value`` and ``--flag`` (True) into a nested dict."""
+    """``key=value``, ``--key value``, ``--key=value`` and ``--flag`` (True) into a dict of fields
+    (dotted keys reach into dict fields, ``estimator_kwargs.eps=1e-6``, and into sections, ``optim.lr=1e-5``)."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(words):
@@ -390,7 +551,7 @@ def parse_overrides(words: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"{key}: {p} is set both as a value and as a dict")
         node[parts[-1]] = val if val is _FLAG else _coerce(val)
         i += 1
-    return out
+    return _lift_sections(out)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -401,12 +562,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(values: dict[str, Any]) -> TrainConfig:
-    """Validate ``values``; unknown keys get close-match suggestions, bad values name the field.
+    """Validate ``values`` (flat or nested by section); unknown keys get close-match suggestions, bad
+    values name the field.
 
     ``method=NAME`` expands the recipe ``NAME`` (``grouprl.recipes``) under ``values`` first."""
     from ..core import UnknownName
     from ..recipes import expand_method
 
+    values = flatten_sections(values)
     try:
         values = expand_method(values)
     except UnknownName as exc:
@@ -416,6 +579,9 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         if key not in TrainConfig.model_fields:
             close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Known keys: {', '.join(fields)}."
+            if key in SECTIONS:
+                hint = (f" {key} is a section: set its fields ({key}: {{...}} in a file, {key}.FIELD=VALUE or "
+                        f"FIELD=VALUE on the command line): {', '.join(SECTIONS[key].fields)}.")
             raise ConfigError(f"unknown config key {key!r}.{hint}")
         if values[key] is _FLAG:
             if TrainConfig.model_fields[key].annotation is not bool:
@@ -435,18 +601,27 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file", holds: str = "of key: value",
+                      error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file, bad YAML or another shape raises ``error`` naming ``what``."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{what} {str(p)!r} must hold a mapping {holds}")
+    return loaded
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file, flat or nested by section, as a flat dict of fields (not validated)."""
+    return flatten_sections(read_yaml_mapping(path), where=f"config file {str(path)!r}")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) merged with overrides, validated."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of key: value")
-        values = loaded
-    return build_config(_merge(values, overrides or {}))
+    """YAML file (optional, flat or nested) merged with overrides (``lr`` or ``optim.lr`` keys), validated."""
+    values = read_config_file(path) if path is not None else {}
+    return build_config(_merge(values, _lift_sections(overrides or {})))

@@ -23,7 +23,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from ..core import suggest
 
 __all__ = ["keyword_params", "check_kwargs", "check_reward_spec", "check_model", "check_task", "checked_keywords",
-           "check_group_of_one", "MAX_REWARD_TIMEOUT_S"]
+           "check_group_of_one", "check_mode", "MAX_REWARD_TIMEOUT_S"]
 
 _SKIP = frozenset({"self", "cfg", "model", "seed", "prompt_groups", "num_prompts", "batch"})
 
@@ -147,7 +147,7 @@ def _estimator_params(expr: str) -> list[tuple[str, dict[str, Any]]]:
 def checked_keywords(cfg: Any) -> dict[str, dict[str, Any]]:
     """The config's keyword dicts, each checked against its callable's signature and coerced."""
     from ..losses import LOSSES
-    from ..losses.confucius3 import TargetedEntropyRegularizer
+    from ..losses.ter import TargetedEntropyRegularizer
     from ..sampling import SAMPLERS
     from .credit import CREDITS
 
@@ -186,26 +186,33 @@ def _probe(cfg: Any, kw: dict[str, dict[str, Any]]) -> None:
     from ..losses import LOSSES, run_example
     from ..sampling import SAMPLERS
 
-    if kw["estimator_kwargs"]:
-        from .estimator_setup import estimator_hparams
+    from .estimator_setup import estimator_hparams
 
-        # with the values the run will bind (e.g. z-score statistics from reward_models' manifest)
-        bound = {**estimator_hparams(cfg), **kw["estimator_kwargs"]}
-        for _, info, _ in registry.parse(cfg.estimator).terms:
-            own = {k: v for k, v in bound.items() if k in info.defaults}
-            if not own or not info.example:
-                continue
-            batch, ex_kw = registry.example_batch(info.example)
-            try:
-                registry.compute_advantages(info.name, batch, **ex_kw)
-            except _PROBE_ERRORS:  # pragma: no cover - the worked example itself does not run
-                continue
-            try:
-                registry.compute_advantages(info.name, batch, **{**ex_kw, **own})
-            except registry.MissingBatchField:  # e.g. base=gae needs values the worked example lacks:
-                continue  # the values are not refused; the run's batch is checked at its first step
-            except _PROBE_ERRORS as exc:
-                raise ValueError(f"estimator_kwargs {own}: estimator {info.name!r} refuses them: {exc}") from None
+    # with the values the run will bind (e.g. z-score statistics from reward_models' manifest; a
+    # schedule's total_steps = steps unless estimator_kwargs set it: grouprl.train.methods)
+    bound = {**estimator_hparams(cfg), **kw["estimator_kwargs"]} if kw["estimator_kwargs"] else {}
+    for _, info, _ in registry.parse(cfg.estimator).terms:
+        own = {k: v for k, v in bound.items() if k in info.defaults}
+        if "total_steps" in info.defaults and "total_steps" not in kw["estimator_kwargs"]:
+            own["total_steps"] = cfg.steps
+        if not own or not info.example:
+            continue
+        batch, ex_kw = registry.example_batch(info.example)
+        try:
+            registry.compute_advantages(info.name, batch, **ex_kw)
+        except _PROBE_ERRORS:  # pragma: no cover - the worked example itself does not run
+            continue
+        try:
+            registry.compute_advantages(info.name, batch, **{**ex_kw, **own})
+        except registry.MissingBatchField:  # e.g. base=gae needs values the worked example lacks:
+            continue  # the values are not refused; the run's batch is checked at its first step
+        except _PROBE_ERRORS as exc:
+            given = {k: v for k, v in own.items() if k in kw["estimator_kwargs"]}
+            by_run = "total_steps" in own and "total_steps" not in given  # the loop's total_steps = steps
+            what = " with ".join(([f"estimator_kwargs {given}"] if given else [])
+                                 + ([f"steps={cfg.steps} (the schedule's total_steps)"] if by_run else []))
+            fix = " Raise steps, or set estimator_kwargs.total_steps / warmup_steps." if by_run else ""
+            raise ValueError(f"{what}: estimator {info.name!r} refuses them: {exc}{fix}") from None
     if kw["loss_kwargs"] and LOSSES[cfg.loss].example:
         try:
             run_example(cfg.loss, **kw["loss_kwargs"])
@@ -228,7 +235,6 @@ def check_group_of_one(expr: str, kwargs: dict[str, Any]) -> None:
     that does not take one-row groups at all (e.g. ``singleton="raise"``) is refused with its own
     message. One that needs fields the probe cannot re-group is let through.
     """
-    import torch
 
     from ..advantages import registry
 
@@ -258,3 +264,50 @@ def check_group_of_one(expr: str, kwargs: dict[str, Any]) -> None:
             "of 0, so every step would train on zero advantage and zero gradient; use group_size >= 2 "
             "(or an estimator that does not compare responses within a group, e.g. gae with credit=critic)"
         )
+
+
+def _default(cfg: Any, name: str) -> Any:
+    return type(cfg).model_fields[name].get_default(call_default_factory=True)
+
+
+def check_mode(cfg: Any) -> None:
+    """The config fits its mode (``task`` or ``env``, :mod:`grouprl.train.modes`), decided on declarations.
+
+    * an option the mode does not read (``Mode.unread``) set to anything but its default is refused,
+      naming the option, the mode and the fix;
+    * every term of the estimator, and the loss, must find the batch fields it ``needs`` among the
+      mode's ``fields`` plus those the credit hook ``provides``; a missing one is refused naming the
+      field, the term, the mode and where the field can come from (the other mode, a credit hook,
+      or no trainer source at all).
+    """
+    from ..advantages import registry
+    from ..losses import LOSSES
+    from .credit import CREDITS
+    from .modes import MODES, mode_of
+
+    mode = mode_of(cfg)
+    for option, why in mode.unread.items():
+        value = getattr(cfg, option)
+        if value != _default(cfg, option):
+            raise ValueError(f"{option}={value!r} with {mode.name} runs ({mode.chosen_by}): {why}")
+    have = mode.fields | set(CREDITS[cfg.credit].provides)
+    wanted = [(f"estimator {info.name!r}", info.needs) for _w, info, _k in registry.parse(cfg.estimator).terms]
+    wanted.append((f"loss {cfg.loss!r}", LOSSES[cfg.loss].needs))
+    for who, needs in wanted:
+        missing = [f for f in needs if f not in have]
+        if not missing:
+            continue
+        f = missing[0]
+        others = [m for m in MODES.values() if m is not mode and f in m.fields]
+        credits = [n for n, c in CREDITS.items() if f in c.provides]
+        if others:
+            fix = f"{others[0].name} runs provide it: {mode.other}"
+        elif credits and mode.name == "task":
+            fix = "a credit hook adds it: set credit=" + " or credit=".join(credits)
+        elif credits:
+            fix = f"only task runs with credit={' or credit='.join(credits)} add it: {mode.other}"
+        else:
+            fix = ("no trainer rollout provides it (use the estimator through the library or a plug-in that "
+                   "supplies the field)")
+        raise ValueError(f"{who} needs the batch field {f!r}, which {mode.name} runs ({mode.chosen_by}) do not "
+                         f"provide; {fix}")

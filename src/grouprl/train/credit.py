@@ -22,21 +22,20 @@ Pair each with its estimator and loss in the config (examples/*.yaml): ``hapo`` 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ..advantages.egae import egae_value_mask, egae_with_returns
-from ..advantages.gae import gae_with_returns
 from ..advantages.spo import (PROB_THRESHOLD, check_tree_adv_method, spo_prob_mask, spo_segment_ids, spo_segment_starts,
                              spo_tree_advantages)
 from ..advantages.registry import ESTIMATORS, TRAITS
-from ..advantages.registry import parse as parse_estimator
-from ..core import Registry, Rollouts
+from ..advantages.registry import resolve as resolve_estimator
+from ..advantages.value_targets import value_targets
+from ..core import Registry, Rollouts, cap_per_group
 from ..losses import normalizers, value_loss
+from ..models import ValueModel
 from ..rollout import Generation
 from ..rollout.hapo_temperature import AdaptiveTemperature
 from ..rollout.prefix import continue_from, mc_values
@@ -45,7 +44,7 @@ from ..rollout.tree import tree_rollout
 #: the estimator trait of T-PPO's in-flight rows (grouprl.advantages.registry.TRAITS)
 BOOTSTRAPS_TRUNCATED = "bootstraps_truncated"
 
-__all__ = ["Credit", "CreditContext", "HapoCredit", "SpoChainCredit", "SpoTreeCredit", "CriticCredit", "TppoCredit", "ValueModel", "CREDITS", "make_credit", "cap_per_group"]
+__all__ = ["Credit", "CreditContext", "HapoCredit", "SpoChainCredit", "SpoTreeCredit", "CriticCredit", "TppoCredit", "CREDITS", "make_credit"]
 
 
 @dataclass
@@ -65,11 +64,14 @@ class Credit:
 
     Declarations read at config load (``check_config``): ``estimator_traits``, the traits (see
     ``grouprl.advantages.registry.TRAITS``) that every term of the configured estimator must
-    declare; the keyword options of ``__init__`` (the names ``credit_kwargs`` may use).
+    declare; ``provides``, the batch fields the hook adds (an estimator's ``needs`` may use them);
+    the keyword options of ``__init__`` (the names ``credit_kwargs`` may use).
     """
 
     needs_entropy = False
     estimator_traits: tuple[str, ...] = ()
+    #: the batch fields (or extras) this hook adds before the advantages (read by the config check)
+    provides: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, model: torch.nn.Module) -> None:
         self.cfg = cfg
@@ -79,7 +81,7 @@ class Credit:
         """Config-load check (ValueError naming the field and the fix): the estimator declares
         ``estimator_traits`` in every term. (``credit_kwargs`` are checked against this hook's
         keywords with the other keyword dicts: ``config_checks.checked_keywords``.)"""
-        have = parse_estimator(cfg.estimator).traits
+        have = resolve_estimator(cfg.estimator).traits
         for trait in cls.estimator_traits:
             if trait not in have:
                 fits = [n for n, info in ESTIMATORS.items() if trait in info.traits]
@@ -169,6 +171,8 @@ class SpoChainCredit(Credit):
     reward of a continuation cut by the length limit (the reference code's "unfinished response"
     penalty; None = the verifier's score of its text)."""
 
+    provides = ("token_probs", "segment_values", "segment_id")
+
     def __init__(self, cfg: Any, model: torch.nn.Module, *, interval: int = 5, samples: int = 4,
                  prob_mask: bool = True, threshold: float = PROB_THRESHOLD,
                  unfinished_reward: float | None = None) -> None:
@@ -220,21 +224,6 @@ class SpoChainCredit(Credit):
         return dict(self._metrics)
 
 
-def cap_per_group(keep: Tensor, group: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """A uniformly random subset of at most ``k`` of the ``keep`` rows of each group (bool (N,))."""
-    N = keep.shape[0]
-    if N == 0:
-        return keep
-    n_groups = int(group.max()) + 1
-    key = torch.rand(N, generator=generator, dtype=torch.float64) + (~keep).to(torch.float64) * 2.0
-    order = torch.argsort(group.to(torch.float64) * 4.0 + key)  # by group, kept rows first, in random order
-    first = torch.zeros(n_groups, dtype=torch.int64).scatter_reduce_(
-        0, group[order], torch.arange(N), reduce="amin", include_self=False)
-    rank = torch.empty(N, dtype=torch.int64)
-    rank[order] = torch.arange(N) - first[group[order]]
-    return keep & (rank < k)
-
-
 class SpoTreeCredit(Credit):
     """SPO-tree: the rollout's ``group_size`` responses per prompt become depth 0 of a tree
     (``tree_rollout``: cut to ``segment_len`` tokens, then ``branch`` children per unfinished node),
@@ -244,6 +233,8 @@ class SpoTreeCredit(Credit):
     segment only (estimator ``spo_tree``), with the probability mask in the loss (``prob_mask``).
     The reference code's on-policy replay buffer (edges reused for up to 8 iterations) is not
     implemented: each step trains on its own tree's edges."""
+
+    provides = ("token_probs", "node_advantage", "segment_start")
 
     def __init__(self, cfg: Any, model: torch.nn.Module, *, branch: list[int] | tuple[int, ...] = (6, 6),
                  segment_len: int = 30, adv_method: str = "rloo", max_edges: int | None = 32,
@@ -308,31 +299,6 @@ class SpoTreeCredit(Credit):
 
 
 # ---------------------------------------------------------------------------------------------
-class ValueModel(torch.nn.Module):
-    """A critic: a copy of the policy's transformer body with a scalar head on its last hidden state.
-
-    ``forward(prompt_ids, prompt_mask, response_ids, response_mask)`` -> V (N, T): the value of the
-    state before each response token (the position whose logits predict it), 0 on padding.
-    """
-
-    def __init__(self, policy: torch.nn.Module) -> None:
-        super().__init__()
-        self.body = copy.deepcopy(getattr(policy, "base_model", policy))
-        hidden = int(policy.config.hidden_size)
-        self.head = torch.nn.Linear(hidden, 1, device=next(policy.parameters()).device)  # beside the body (CUDA too)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor) -> Tensor:
-        P = prompt_ids.shape[1]
-        ids = torch.cat([prompt_ids, response_ids], dim=1)
-        attn = torch.cat([prompt_mask, response_mask], dim=1)
-        pos = (attn.long().cumsum(dim=1) - 1).clamp(min=0)
-        h = self.body(input_ids=ids, attention_mask=attn.long(), position_ids=pos).last_hidden_state
-        v = self.head(h[:, P - 1 : -1, :].float()).squeeze(-1)
-        return v.masked_fill(~response_mask, 0.0)
-
-
 class CriticCredit(Credit):
     """Critic-based PPO: a separate value model (``ValueModel``) gives ``values`` for ``gae`` /
     ``egae``; after each policy update it is trained on its own (decoupled) with the clipped value
@@ -345,6 +311,8 @@ class CriticCredit(Credit):
     critic update every N steps. ``lr``, ``epochs``, ``clip_range`` (0.2), ``gamma`` (1.0).
     """
 
+    provides = ("values",)
+
     def __init__(self, cfg: Any, model: torch.nn.Module, *, lr: float = 1e-3, epochs: int = 1,
                  clip_range: float | None = 0.2, gamma: float = 1.0, critic_lam: float = 1.0,
                  finished_only: bool | None = None, update_every: int = 1) -> None:
@@ -352,7 +320,7 @@ class CriticCredit(Credit):
         self.critic = ValueModel(model).train()
         self.optimizer = torch.optim.AdamW(self.critic.parameters(), lr=lr)
         self.epochs, self.clip_range, self.gamma, self.lam = int(epochs), clip_range, float(gamma), float(critic_lam)
-        bootstraps = BOOTSTRAPS_TRUNCATED in parse_estimator(cfg.estimator).any_traits
+        bootstraps = BOOTSTRAPS_TRUNCATED in resolve_estimator(cfg.estimator).any_traits
         self.finished_only = bootstraps if finished_only is None else bool(finished_only)
         self.update_every = max(1, int(update_every))
         self._steps = 0
@@ -370,12 +338,7 @@ class CriticCredit(Credit):
         self._steps += 1
         if (self._steps - 1) % self.update_every:
             return {}
-        if self.finished_only:
-            _, returns = egae_with_returns(batch, gamma=self.gamma, lam=self.lam)
-            vmask = egae_value_mask(batch.mask, batch.truncated)
-        else:
-            _, returns = gae_with_returns(batch, gamma=self.gamma, lam=self.lam, whiten=False)
-            vmask = batch.mask
+        returns, vmask = value_targets(batch, gamma=self.gamma, lam=self.lam, finished_only=self.finished_only)
         rows = vmask.any(dim=1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return {"value/skipped": 1.0}
@@ -431,7 +394,7 @@ class TppoCredit(CriticCredit):
       evaluation, which generates whole responses, not one window). A response that reaches it
       without EOS is finished there: it leaves the pool, EGAE gives it its verifier reward (the
       score of its text as it stands) at its last token with terminal value 0, and it trains the
-      critic. The spec is silent on over-long responses; this is a proposed reading (otherwise
+      critic. T-PPO (arXiv:2506.15050) is silent on over-long responses; this is a proposed reading (otherwise
       they would never be rewarded).
 
     The critic (``CriticCredit`` options) is updated as the paper's dual update states it: only on

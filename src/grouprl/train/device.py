@@ -1,5 +1,6 @@
 """Where the trainer runs and in which precision: device choice, bf16 autocast, generators,
-host-to-device transfers, the truncated importance-sampling correction and optional LoRA.
+host-to-device transfers and optional LoRA (the truncated importance weights of ``rollout_is`` are
+``grouprl.losses.importance``).
 
 Everything here is a small function the training loop calls; on a CPU-only machine with the
 defaults (``device=auto``, ``precision=auto``) every one of them is a no-op, so CPU runs are
@@ -18,8 +19,6 @@ bit-identical to runs before this module existed.
   keeps its exact random stream.
 - ``to_device(t, device)``: pinned-memory, non-blocking copies only for large host tensors going to
   CUDA (see ``PIN_MIN_BYTES``); everything else is a plain ``.to``.
-- ``rollout_is_weights``: truncated importance sampling (TIS) between the policy that sampled the
-  rollout and the trainer's recomputed old policy.
 - ``apply_lora``: wrap the policy in ``peft`` LoRA adapters (optional extra ``grouprl[lora]``).
 """
 
@@ -32,14 +31,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "DEVICES", "PRECISIONS", "ROLLOUT_IS", "PIN_MIN_BYTES",
+    "DEVICES", "PRECISIONS", "PIN_MIN_BYTES",
     "resolve_device", "resolve_precision", "autocast", "device_generator", "to_device",
-    "rollout_is_weights", "rollout_is", "apply_lora", "trainable_parameters",
+    "apply_lora", "trainable_parameters",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-ROLLOUT_IS = ("none", "token", "sequence")
 
 #: Host tensors at least this large are copied to CUDA through pinned memory, non-blocking. The
 #: trainer's per-step host->device traffic (prompt ids, rewards: kilobytes) is far below it, so the
@@ -119,74 +117,6 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda" and t.device.type == "cpu" and t.numel() * t.element_size() >= PIN_MIN_BYTES:
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-# ---------------------------------------------------------------------------- truncated IS
-def rollout_is_weights(
-    old_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tensor, *, level: str = "token", cap: float = 2.0
-) -> tuple[Tensor, dict[str, float]]:
-    """Truncated importance weights correcting the rollout-vs-trainer log-prob mismatch.
-
-    The rollout engine samples from mu (its log-probs are ``sampling_logprobs``); the trainer's
-    recomputed old policy pi_old (``old_logprobs``) differs from mu by numerics (bf16, kernels,
-    another engine such as vLLM). Truncated importance sampling (Yao et al., "Your efficient RL
-    framework secretly brings you off-policy RL training", 2025; verl's rollout_is, TRL's
-    vllm_importance_sampling) reweights each token's policy-gradient term by
-
-        token:     w_t = min(pi_old(y_t) / mu(y_t), C)
-        sequence:  w   = min(prod_t pi_old(y_t) / mu(y_t), C)   (one weight per row, on every token)
-
-    with C = ``cap``. Weights are detached (no gradient), 0 on masked tokens, float32 (B, T).
-    Returns the weights and metrics: mean weight over valid tokens (``rollout_is/mean``), the fraction
-    of tokens (rows for ``sequence``) clipped at C (``rollout_is/clipped``), and the mean |log ratio|
-    per token (``rollout_is/abs_log_ratio``).
-    """
-    if level not in ("token", "sequence"):
-        raise ValueError(f"rollout_is level={level!r}: choose 'token' or 'sequence' (or 'none' to switch it off).")
-    if not cap > 0:
-        raise ValueError(f"rollout_is_cap={cap}: it must be > 0 (verl and TRL use 2.0).")
-    if old_logprobs.shape != sampling_logprobs.shape or old_logprobs.shape != mask.shape:
-        raise ValueError(
-            f"rollout_is_weights: old_logprobs {tuple(old_logprobs.shape)}, sampling_logprobs "
-            f"{tuple(sampling_logprobs.shape)} and mask {tuple(mask.shape)} must have the same (B, T) shape."
-        )
-    m = mask.bool()
-    log_ratio = (old_logprobs.detach().float() - sampling_logprobs.detach().float()).masked_fill(~m, 0.0)
-    if level == "token":
-        raw = log_ratio.exp()
-        clipped_frac = ((raw > cap) & m).sum() / m.sum().clamp(min=1)
-        w = raw.clamp(max=cap)
-    else:
-        seq = log_ratio.sum(dim=1, keepdim=True).clamp(max=80.0)  # exp stays finite; clipped at cap anyway
-        raw_seq = seq.exp()
-        has = m.any(dim=1)
-        clipped_frac = ((raw_seq.squeeze(1) > cap) & has).sum() / has.sum().clamp(min=1)
-        w = raw_seq.clamp(max=cap).expand_as(log_ratio)
-    w = w.masked_fill(~m, 0.0)
-    n = m.sum().clamp(min=1)
-    metrics = {
-        "rollout_is/mean": float(w.sum() / n),
-        "rollout_is/clipped": float(clipped_frac),
-        "rollout_is/abs_log_ratio": float(log_ratio.abs().sum() / n),
-    }
-    return w, metrics
-
-
-def rollout_is(
-    old_logprobs: Tensor, sampling_logprobs: Tensor | None, mask: Tensor, *, level: str, cap: float,
-) -> tuple[Tensor | None, dict[str, float]]:
-    """The trainer's switch: ``level="none"`` -> (None, {}); else ``rollout_is_weights``.
-
-    The weights go to ``grouprl.losses.policy_loss(..., rollout_is_weights=w)``, which multiplies
-    each token's policy-gradient loss by them before aggregation (a sequence-level loss such as
-    ``gmpo`` takes the geometric mean of its row's weights); KL and entropy terms are not reweighted,
-    as in verl.
-    """
-    if level == "none":
-        return None, {}
-    if sampling_logprobs is None:
-        raise ValueError("rollout_is: the rollout has no sampling log-probs; set rollout_is=none.")
-    return rollout_is_weights(old_logprobs, sampling_logprobs, mask, level=level, cap=cap)
 
 
 # ---------------------------------------------------------------------------- LoRA

@@ -24,7 +24,7 @@ def estimator_hparams(cfg: Any, models: Any = None) -> dict[str, Any]:
     if cfg.reward_models and kw.get("normalize") == "zscore" and "ref_mean" not in kw and "ref_std" not in kw:
         from ..advantages import registry
 
-        if any("ref_mean" in info.defaults for _w, info, _k in registry.parse(cfg.estimator).terms):
+        if any("ref_mean" in info.defaults for _w, info, _k in registry.resolve(cfg.estimator).terms):
             man = (models or load_reward_models(cfg)).manifest
             kw["ref_mean"], kw["ref_std"] = list(man["ref_mean"]), list(man["ref_std"])
     return kw
@@ -38,7 +38,7 @@ def check_method_config(cfg: Any) -> None:
 
     if cfg.reward_models:
         load_reward_models(cfg)  # the directory is readable and well formed
-    needs = registry.parse(cfg.estimator).needs
+    needs = registry.resolve(cfg.estimator).needs
     wants = "reward_components" in needs
     if cfg.reward_models and cfg.reward_components:
         raise ValueError("set reward_models (fitted reward models) or reward_components (reward functions), not both")
@@ -54,6 +54,6 @@ def check_method_config(cfg: Any) -> None:
             f"{key} is set but estimator {cfg.estimator!r} does not read reward_components; use an estimator that "
             f"does ({readers}) or drop {key}")
     try:
-        registry.parse(cfg.estimator, **estimator_hparams(cfg))
+        registry.resolve(cfg.estimator, **estimator_hparams(cfg))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"estimator_kwargs: {str(exc).strip(chr(39))}") from None

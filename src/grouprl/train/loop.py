@@ -1,18 +1,28 @@
-"""The training loop of ``grouprl train``, top to bottom.
+"""The training loop of ``grouprl train``, task and environment runs alike, top to bottom.
 
-    set up (run dir, task, model [+ SFT warm start], reference model, optimizer, sampler)
+    set up (run dir, rollout source, model [+ warm start], LoRA, credit hook, reference model,
+            optimizer, method hooks)
     resume from the latest checkpoint, or evaluate the warm start as step 0
     for each step:
-        1. rollout     the sampler picks prompts; G responses each (KV-cached sampling), scored by
-                       the RewardGuard (a failing verifier gives failure_reward, counted)
+        1. rollout     the source's rows: a task's prompts (chosen by the prompt sampler) x G
+                       responses, scored by the verifier guard (grouprl.train.task_source), or
+                       environment seeds x G episodes, one row per agent step
+                       (grouprl.train.env_source); a credit hook may extend them
         2. logprobs    old-policy log-probs (recomputed in one forward, the sampling ones, or, fully
                        on-policy, the update forward's own: old_logprobs=auto), reference log-probs
                        when kl_coef > 0 (KL in the loss, or in the reward)
         3. advantages  any registered estimator name or expression, on a grouprl.Rollouts batch
+                       (the source's fields; credit and method hooks add theirs, e.g. answers,
+                       reward components, values), rollout IS weights, TER's coefficient
         4. update      ppo_epochs x mini-batches x micro-batches; the loss normalisers are computed
                        once per mini-batch so gradient accumulation is micro-batch invariant;
                        grad clipping, AdamW, LR schedule
-        5. log, evaluate every eval_every steps (fixed held-out set), checkpoint every save_every
+        5. log, evaluate every eval_every steps (the source's fixed held-out set), checkpoint every
+           save_every
+
+The two modes differ only in the source; what each provides (batch fields) and which options it
+does not read are declared in ``grouprl.train.modes`` and checked when the config loads, so every
+option either works in both modes or is refused naming the option and the mode.
 
 Determinism: every random draw of step s comes from a generator seeded with (seed, s, stream), and
 CPU kernels are deterministic at a fixed thread count: on CPU with the same seed and thread count, a
@@ -35,156 +45,23 @@ import torch
 from .._osutil import write_text_atomic
 from ..advantages.registry import group_diagnostics
 from ..core import Rollouts
-from .. import warmstarts
-from ..rollout import Generation, response_logprobs, sample
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_global_rngs,
+from ..losses import rollout_is
+from ..rollout import Generation, response_logprobs
+from .checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_global_rngs,
                          set_rng_state)
-from .credit import CreditContext, make_credit
-from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, rollout_is, trainable_parameters
 from .config import ConfigError, TrainConfig
-from .data import CORRECT, LazyTokens, decode_responses, encode_prompts, evaluate, evenly_spaced, step_generator
+from .credit import CreditContext, make_credit
+from .data import step_generator
+from .device import apply_lora, autocast, device_generator, resolve_device, resolve_precision, trainable_parameters
+from .env_source import EnvSource
 from .logging import JsonlWriter, TensorBoard, environment_versions, read_jsonl, truncate_after
-from .methods import MethodHooks, reward_component_fns, sequence_kl
-from .reports import format_group_table, group_report, ranking_report, sampler_calibration
-from .sampler import get_sampler, load_sampler_state, sampler_state
-from .reward_fns import load_reward_fn
-from .rundir import current_run, prepare_run_dir
-from .sft import lr_at, sft, sft_kwargs, sft_progress, sft_summary
+from .methods import MethodHooks, sequence_kl
+from .reports import ranking_report
+from .rundir import check_resume, prepare_run_dir, resume_state
+from .sft import lr_at
+from .task_source import TaskSource, _sft_missed_target
 
-__all__ = ["train_task", "prepare_run_dir", "load_initial_model", "load_task", "old_logprobs_source", "RewardFunctionError"]
-
-
-class RewardFunctionError(ConfigError):
-    """The reward function failed on every row for ``max_failed_reward_steps`` consecutive steps."""
-
-
-_SFT_FIELDS = tuple(f for f in TrainConfig.model_fields if f.startswith("sft_"))
-
-
-def _is_preset(name: str) -> bool:
-    from ..models import PRESETS
-
-    return name in PRESETS
-
-
-def shipped_warm_start(cfg: TrainConfig) -> "warmstarts.WarmStart | None":
-    """The warm start shipped with grouprl that RL starts from, or None (``init``, SFT or a bare model).
-
-    ``warm_start=auto`` takes it when one fits the task and model (``grouprl.warmstarts``) and no
-    ``sft_*`` field differs from its default (a changed SFT setting asks for an SFT run);
-    ``warm_start=shipped`` requires one (the config validator refuses a config without a fit)."""
-    if cfg.init is not None or cfg.warm_start == "sft":
-        return None
-    ws = warmstarts.find(cfg.task, cfg.model, cfg.task_kwargs)
-    if cfg.warm_start == "shipped":
-        return ws
-    changed = [f for f in _SFT_FIELDS if getattr(cfg, f) != TrainConfig.model_fields[f].default]
-    return None if changed else ws
-
-
-def warm_start_info(cfg: TrainConfig) -> dict[str, Any]:
-    """Where RL starts, for summary.json: source (init, shipped, sft or none) and what identifies it."""
-    if cfg.init is not None:
-        return {"source": "init", "path": str(cfg.init)}
-    ws = shipped_warm_start(cfg)
-    if ws is not None:
-        return {"source": "shipped", "name": ws.name, "sha256": ws.manifest["files"].get("model.safetensors")}
-    return {"source": "sft" if cfg.sft_steps > 0 else "none"}
-
-
-def load_initial_model(cfg: TrainConfig, task: Any, run_dir: Path, console: Any = None):
-    """The policy RL starts from: ``init`` if given, else a shipped warm start (:func:`shipped_warm_start`),
-    else the preset/HF dir, SFT-ed when sft_steps > 0.
-
-    The SFT result is saved to ``run_dir/sft`` (and reused by a resume); RL always starts from the
-    weights as loaded from disk, so an uninterrupted and a resumed run start from the same model.
-    """
-    from ..models import build_model, build_tokenizer, load_pretrained, save_pretrained
-
-    if cfg.init is not None:
-        if not Path(cfg.init).is_dir():
-            raise ConfigError(f"init: {cfg.init!r} is not a directory; pass a checkpoint dir saved by `grouprl sft`.")
-        return load_pretrained(cfg.init)
-    ws = shipped_warm_start(cfg)
-    if ws is not None:
-        try:
-            warmstarts.verify(ws)
-        except warmstarts.WarmStartError as exc:
-            raise ConfigError(str(exc)) from None
-        if console is not None:
-            console.print(f"warm start: {ws.describe()}; `warm_start=sft` trains one instead")
-        return load_pretrained(str(ws.path))
-    if cfg.sft_steps == 0:
-        if _is_preset(cfg.model):
-            tok = build_tokenizer("char")
-            return build_model(cfg.model, tok, seed=cfg.seed), tok
-        return load_pretrained(cfg.model)
-    sft_dir = run_dir / "sft"
-    if not (sft_dir / "config.json").exists():
-        if _is_preset(cfg.model):
-            tok = build_tokenizer("char")
-            model = build_model(cfg.model, tok, seed=cfg.seed)
-        else:
-            model, tok = load_pretrained(cfg.model)
-        t0 = time.perf_counter()
-        model.to(resolve_device(cfg.device))  # the warm start trains on the GPU too
-        with sft_progress(console, steps=cfg.sft_steps, target=cfg.sft_target_acc or None,
-                          enabled=cfg.progress) as on_step:
-            hist = sft(model, tok, task, **sft_kwargs(cfg), on_step=on_step)
-        # the log is published with the weights (one rename): a kill cannot keep one without the other
-        save_pretrained(model, tok, sft_dir, files={"sft_log.jsonl": "".join(json.dumps(r) + "\n" for r in hist)})
-        if console is not None:
-            console.print(f"SFT: {sft_summary(hist)}, {time.perf_counter() - t0:.0f}s -> {sft_dir}")
-            missed = _sft_missed_target(cfg, hist)
-            if missed:
-                console.print(f"[bold yellow]warning:[/] {missed}")
-    return load_pretrained(str(sft_dir))
-
-
-def load_task(cfg: TrainConfig) -> Any:
-    """The task named by ``cfg.task``, built with ``cfg.task_kwargs``; a bad argument is a ConfigError."""
-    from ..tasks import get_task
-
-    try:
-        return get_task(cfg.task, seed=cfg.seed, **cfg.task_kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"task_kwargs {cfg.task_kwargs} do not fit task {cfg.task!r}: {exc}") from None
-
-
-def make_guard(cfg: TrainConfig, task: Any):
-    """The RewardGuard around the verifier: ``reward_fn`` if given (untrusted: a worker process with
-    a timeout), else the task's own scorer (in-process when the task says it is trusted)."""
-    from ..tasks import RewardGuard
-
-    if cfg.reward_fn:
-        guard = RewardGuard(load_reward_fn(cfg.reward_fn), timeout_s=cfg.reward_timeout_s,
-                            failure_reward=cfg.failure_reward)
-    else:
-        guard = RewardGuard(task.score, timeout_s=cfg.reward_timeout_s, failure_reward=cfg.failure_reward,
-                            trusted=bool(getattr(task, "trusted", False)))
-    run = current_run()
-    if run is not None:  # inside train(): its worker stops when train returns or fails
-        run.guards.append(guard)
-    return guard
-
-
-def eval_subset(task: Any, size: int | None) -> list:
-    """A fixed, seed-independent subset of the task's held-out examples: evenly spaced indices, so
-    every sub-task keeps its share and runs with different seeds are evaluated on the same set
-    (``size=None``: all of them)."""
-    examples = list(task.eval_examples)
-    return [examples[i] for i in evenly_spaced(len(examples), size)]
-
-
-def eval_item_ids(task: Any, size: int | None) -> list[str]:
-    """The stable id of each example of ``eval_subset(task, size)`` (same order): its index in the
-    task's full held-out split ``task.eval_examples``, as a string. That split depends on the task's
-    own settings only (never on the run's seed), so an id names the same example for every method
-    and seed, and for every ``eval_size`` (the subset keeps the full split's indices). Indices rather
-    than prompt texts: unique by construction where texts repeat (a mixed task holds ``12+34=`` both
-    in ``add2`` and in ``add2r``, with different answers) and short (eval_items.jsonl stores one score
-    per example per evaluation)."""
-    return [str(i) for i in evenly_spaced(len(task.eval_examples), size)]
+__all__ = ["begin_step", "old_logprobs_source", "train_loop", "update_policy"]
 
 
 def _micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -321,11 +198,13 @@ def _forward_logprobs(model, gen: Generation, rows: torch.Tensor, cfg: TrainConf
 
 
 # ---------------------------------------------------------------------------- the loop
-def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
-    """RL on a task (prompts -> responses -> verifier), as configured; the entry point that also
-    sets up the run's lock and clean-up is :func:`grouprl.train.run.train`."""
+def train_loop(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = None) -> dict[str, Any]:
+    """RL as configured, task or environment (the source: ``TaskSource`` or ``EnvSource``); the entry
+    point that also holds the run's lock and clean-up is :func:`grouprl.train.run.train`."""
     from ..losses import normalizers
 
+    source_cls = EnvSource if cfg.env is not None else TaskSource
+    cfg = source_cls.configure(cfg, resume)  # the mode's defaults (env: gigpo unless an estimator is named)
     torch.set_num_threads(cfg.threads)
     # CPU kernels are deterministic at a fixed thread count; use_deterministic_algorithms(True) would
     # only swap in 5x slower index/scatter backward kernels (measured) and is not needed here.
@@ -333,18 +212,12 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
     run_dir, cfg = prepare_run_dir(cfg, resume)
     ckpt_root = run_dir / "checkpoints"
 
-    # -- task, verifier guard, model, reference, optimizer, sampler
-    task = load_task(cfg)
-    pool = list(task.train_pool)
-    eval_set, eval_ids = eval_subset(task, cfg.eval_size), eval_item_ids(task, cfg.eval_size)
-    if console is not None and cfg.eval_size is not None and cfg.eval_size > len(eval_set):
-        console.print(f"note: eval_size={cfg.eval_size}, but task {cfg.task} holds {len(eval_set)} held-out examples; "
-                      f"evaluating on {len(eval_set)} (each eval.jsonl row records n)")
-    guard = make_guard(cfg, task)
-    model, tok = load_initial_model(cfg, task, run_dir, console)
+    # -- rollout source (task + verifier guard + eval set, or environment), model, reference, optimizer
     device = resolve_device(cfg.device)  # grouprl.train.device: auto -> CUDA when available
     precision = resolve_precision(cfg.precision, device)
     amp = lambda: autocast(device, precision)  # noqa: E731  bf16 forwards; weights, losses stay fp32
+    source = source_cls(cfg, run_dir, device, amp, console)
+    model, tok = source.initial_model()
     model = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules,
                        dropout=cfg.lora_dropout).to(device)
     model.train()
@@ -353,52 +226,36 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
     # the fused AdamW kernel (one pass per tensor; TRL's default optimizer too) where torch has it
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda") or None)
-    group_names = sorted({e.data_group for e in pool}, key=str)
-    group_id = {g: i for i, g in enumerate(group_names)}
-    sampler = get_sampler(cfg.sampler, len(pool), seed=cfg.seed, prompt_groups=[e.data_group for e in pool],
-                          **cfg.sampler_kwargs)
-    methods = MethodHooks(cfg, task, reward_component_fns(cfg, task, guard))  # per-method hooks (methods.py)
-    pool_prompts = LazyTokens([e.prompt for e in pool], lambda t: encode_prompts(tok, t))
+    source.start(model, tok, credit)  # task: the prompt sampler
+    methods = MethodHooks(cfg, source.task, source.reward_component_fns())  # per-method hooks (methods.py)
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(cfg.max_new_tokens)
     old_source = old_logprobs_source(cfg)
 
     # -- resume or start
-    start_step, failures_total, failed_streak = 0, 0, 0
+    start_step = 0
     ckpt = latest_checkpoint(ckpt_root)
     if ckpt is not None:
         if resume is None:  # pragma: no cover - prepare_run_dir refuses existing runs
             raise ConfigError(f"{run_dir} has checkpoints; use --resume")
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
-        if state["config_hash"] != cfg.compat_hash():
-            raise CheckpointError(
-                f"checkpoint {ckpt} was written by a run with a different config (hash {state['config_hash']} vs "
-                f"{cfg.compat_hash()}); resume with the run's own config.yaml or start a new run."
-            )
-        load_sampler_state(sampler, state["sampler"])
-        methods.load_state_dict(state.get("methods", {}))
+        check_resume(cfg, state, ckpt, run_dir)  # same trajectory: config hash; fields added since at default
+        source.load_state_dict(state)
+        methods.load_state_dict(state.get("methods") or {})  # absent from checkpoints of the former agent loop
         set_rng_state(state["rng"])
         credit.load_state_dict(state.get("credit", {}))
-        start_step, failures_total = int(state["step"]), int(state["failures_total"])
-        failed_streak = int(state.get("failed_reward_steps", 0))
-    for f in ("metrics.jsonl", "eval.jsonl", "eval_items.jsonl"):
+        start_step = int(state["step"])
+    for f in ("metrics.jsonl", "eval.jsonl", *source.log_files):
         truncate_after(run_dir / f, start_step if ckpt is not None else -1)
+    source.open_logs()
     # lines are flushed at once and fsync-ed before each checkpoint (not after every line: ~5 ms a step)
     metrics_log = JsonlWriter(run_dir / "metrics.jsonl", fsync_every_line=False)
     eval_log = JsonlWriter(run_dir / "eval.jsonl", fsync_every_line=False)
-    items_log = JsonlWriter(run_dir / "eval_items.jsonl", fsync_every_line=False)  # per-example greedy scores
     tb = TensorBoard(run_dir / "tb", enabled=cfg.tensorboard, console=console)
 
     def run_eval(step: int) -> dict[str, Any]:
         model.eval()
-        row = {"step": step, **evaluate(
-            model, tok, eval_set, guard, max_new_tokens=credit.eval_max_new_tokens(cfg.max_new_tokens), pass_k=cfg.pass_k,
-            pass_k_size=cfg.pass_k_size, temperature=cfg.temperature, top_p=cfg.top_p,
-            generator=device_generator(step_generator(cfg.seed, step, 5), device))}
+        row = source.evaluate(step, model)
         model.train()
-        items_log.write({"step": step, "items": dict(zip(eval_ids, row.pop("scores")))})
-        row.update(group_report(row, eval_set))  # per data_group table, worst / p20 / Gini
-        if console is not None:
-            console.print(format_group_table(step, row))
         eval_log.write(row)
         tb.write("eval", row)
         return row
@@ -411,35 +268,12 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
         times: dict[str, float] = {}
         lr = begin_step(cfg, optimizer, step)
 
-        # ---- 1. rollout: the sampler picks prompts; G samples each; the guard scores them
+        # ---- 1. rollout: the source's rows (task: prompts x G responses, scored; env: seeds x G episodes)
         t0 = time.perf_counter()
-        g_sample = device_generator(step_generator(cfg.seed, step, 1), device)
-        step_failures, step_rows = 0, 0
-
-        def generate(prompt_indices: list[int]) -> Generation:
-            nonlocal step_failures, step_rows
-            with amp():
-                gen = sample(model, [pool_prompts[i] for i in prompt_indices], eos_id=tok.eos_token_id,
-                             pad_id=tok.pad_token_id, max_new_tokens=cfg.max_new_tokens, num_samples=cfg.group_size,
-                             temperature=cfg.temperature, top_p=cfg.top_p, generator=g_sample,
-                             prompt_index=prompt_indices, logits_processor=credit.logits_processor())
-            gen.texts = decode_responses(tok, gen)
-            examples = [pool[i] for i in gen.prompt_index.tolist()]
-            gen.rewards, gen.failed = guard.score_batch(examples, gen.texts)
-            step_failures += int(gen.failed.sum())
-            step_rows += len(gen)
-            return gen
-
-        n_prompts = credit.prompts_to_draw(cfg.prompts_per_step, cfg.group_size)  # T-PPO: the free in-flight slots
-        gen, sampler_metrics = sampler.collect(step, n_prompts, generate) if n_prompts > 0 else (None, {})
-        failed_streak = failed_streak + 1 if step_rows and step_failures == step_rows else 0
-        _check_failed_rewards(cfg, failed_streak, step, guard)
-        ctx = CreditContext(model, cfg, tok.eos_token_id, lambda g: score(g, pool, tok, guard),
+        ctx = CreditContext(model, cfg, tok.eos_token_id, source.score,
                             device_generator(step_generator(cfg.seed, step, 6), device))
-        gen = credit.extend_rollout(gen, ctx)  # e.g. T-PPO: continue the in-flight responses
-        gen.rewards = gen.rewards.to(device)  # the verifier scores on the host
-        model.train()
-        failures_total += step_failures
+        roll = source.rollout(step, model, ctx)
+        gen = roll.gen
         rows = torch.arange(len(gen))
         times["rollout"] = time.perf_counter() - t0
 
@@ -454,28 +288,19 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
             else:  # "update": the update forward's own, filled in by update_policy below
                 old_lp, entropy = None, None
             ref_lp = _forward_logprobs(ref_model, gen, rows, cfg, entropy=False)[0] if ref_model is not None else None
-        rewards = gen.rewards.clone()
-        seq_kl = None
-        if ref_lp is not None:
-            seq_kl = sequence_kl(old_lp, ref_lp, mask)  # k1 per sequence, for the in-reward penalty
-            if cfg.kl_in_reward:
-                rewards = rewards - cfg.kl_coef * seq_kl
+        rewards = roll.rewards.clone()
+        if ref_lp is not None and cfg.kl_in_reward:
+            rewards = rewards - cfg.kl_coef * sequence_kl(old_lp, ref_lp, mask)  # k1 per sequence
         times["logprobs"] = time.perf_counter() - t0
 
         # ---- 3. advantages
         t0 = time.perf_counter()
-        batch = Rollouts(
-            rewards=rewards, group=gen.prompt_index, mask=mask, logprobs=gen.logprobs, old_logprobs=old_lp,
-            ref_logprobs=ref_lp, entropy=entropy, truncated=gen.truncated,
-            data_group=torch.tensor([group_id[pool[i].data_group] for i in gen.prompt_index.tolist()], device=device),
-        )
+        batch = Rollouts(rewards=rewards, mask=mask, logprobs=gen.logprobs, old_logprobs=old_lp, ref_logprobs=ref_lp,
+                         entropy=entropy, truncated=gen.truncated, **roll.fields)
         batch = credit.prepare(batch, gen, ctx)
-        texts = gen.texts  # decoded in generate(); credit hooks may have extended the rows since
-        if cfg.credit != "none" or texts is None or len(texts) != len(gen):
-            texts = decode_responses(tok, gen)
-        batch = methods.prepare(batch, texts, [pool[i] for i in gen.prompt_index.tolist()])
+        batch = methods.prepare(batch, roll.texts, roll.examples)
         adv = methods.advantages(batch, step)  # per-method hooks (grouprl.train.methods)
-        # truncated IS of the sampler-vs-trainer mismatch (grouprl.train.device; off by default)
+        # truncated IS of the sampler-vs-trainer mismatch (grouprl.losses.importance; off by default)
         is_w, is_metrics = rollout_is(old_lp, gen.logprobs, mask, level=cfg.rollout_is, cap=cfg.rollout_is_cap)
         loss_mask = credit.loss_mask(mask) & batch.mask
         methods.before_update(entropy, loss_mask, normalizers(loss_mask))
@@ -501,9 +326,7 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
         diag = group_diagnostics(batch)
         row: dict[str, Any] = {
             "step": step + 1,
-            "reward": float(gen.rewards.mean()),
-            "reward_std": float(gen.rewards.std()) if len(gen) > 1 else 0.0,
-            "acc": float((gen.rewards >= CORRECT).float().mean()),
+            **roll.head,
             "frac_constant_groups": float(diag["frac_constant_groups"]),
             "entropy": float((entropy * mask).sum() / max(n_tok, 1)),
             "response_len": float(gen.lengths.float().mean()),
@@ -511,15 +334,13 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
             "adv_abs": float((adv.abs() * mask).sum() / max(n_tok, 1)),
             "grad_norm": sum(grad_norms) / len(grad_norms),
             "lr": lr,
-            "reward_failures": step_failures,
-            "reward_failures_total": failures_total,
+            **roll.tail,
             **{k: v / n_updates for k, v in loss_sums.items()},
-            **_scalars("sampler/", sampler_metrics),
+            **roll.extra,
             **credit_metrics,
             **is_metrics,
             **methods.metrics(),
-            **sampler_calibration(sampler),
-            **ranking_report(batch.rewards, old_lp, mask, gen.prompt_index),
+            **ranking_report(batch.rewards, old_lp, mask, roll.fields["group"]),
         }
         if ref_lp is not None:
             d = ref_lp - old_lp
@@ -535,78 +356,31 @@ def train_task(cfg: TrainConfig, *, resume: str | Path | None = None, console: A
         if last or (step + 1) % cfg.save_every == 0:
             metrics_log.sync()
             eval_log.sync()
-            items_log.sync()
+            source.sync()
             save_checkpoint(ckpt_root, step + 1, model=model, optimizer=optimizer, keep=cfg.keep_checkpoints, state={
-                "config_hash": cfg.compat_hash(), "sampler": sampler_state(sampler), "methods": methods.state_dict(), "rng": rng_state(),
-                "failures_total": failures_total, "credit": credit.state_dict(), "failed_reward_steps": failed_streak,
+                **resume_state(cfg), "methods": methods.state_dict(), "rng": rng_state(),
+                "credit": credit.state_dict(), **source.state_dict(),
             })
         progress.update(row, ev)
     progress.close()
-    if hasattr(guard, "close"):
-        guard.close()
+    source.close()
     methods.close()
     metrics_log.close()
     eval_log.close()
-    items_log.close()
     tb.close()
-    summary = _summary(run_dir, cfg)
+    summary = source.summary(_summary(run_dir, cfg, source.warm_start_info()))
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _check_failed_rewards(cfg: TrainConfig, streak: int, step: int, guard: Any) -> None:
-    """Stop the run (RewardFunctionError) once the verifier failed on every row of
-    ``max_failed_reward_steps`` consecutive steps (0: never)."""
-    n = cfg.max_failed_reward_steps
-    if not n or streak < n:
-        return
-    first = getattr(guard, "first_failure", None) or "(not recorded)"
-    raise RewardFunctionError(
-        f"the reward function failed on every row of {streak} consecutive steps (steps {step + 2 - streak}-{step + 1}, "
-        f"max_failed_reward_steps={n}); first failure: {first}. Fix the reward function"
-        + (f" ({cfg.reward_fn})" if cfg.reward_fn else "")
-        + ", or set max_failed_reward_steps=0 to train on regardless."
-    )
-
-
-def score(gen: Generation, pool: list, tok: Any, guard: Any) -> torch.Tensor:
-    """Rewards of ``gen``'s full responses by the verifier guard (used by credit hooks, e.g. SPO's
-    MC continuations; failures get the guard's failure reward)."""
-    gen.texts = decode_responses(tok, gen)
-    rewards, _failed = guard.score_batch([pool[i] for i in gen.prompt_index.tolist()], gen.texts)
-    return rewards
-
-
-def _scalars(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """The scalar entries of a metrics dict (numbers and one-element tensors), prefixed."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[prefix + k] = float(v)
-    return out
-
-
-def _sft_missed_target(cfg: TrainConfig, hist: list[dict[str, Any]]) -> str | None:
-    """A warning when SFT ran out of steps below ``sft_target_acc`` (None when it reached it or had none)."""
-    checked = [r["val_acc"] for r in hist if "val_acc" in r]
-    if not cfg.sft_target_acc or not checked or checked[-1] >= cfg.sft_target_acc:
-        return None
-    return (f"SFT used all sft_steps={cfg.sft_steps} and reached validation accuracy {checked[-1]:.3f} < "
-            f"sft_target_acc={cfg.sft_target_acc}; RL from a warm start this weak rarely helps (docs/training.md). "
-            "Raise sft_steps or try another seed; or start from a checkpoint that is past it (init=DIR, or a warm start "
-            "shipped with grouprl: `grouprl list` shows them).")
-
-
-def _summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+def _summary(run_dir: Path, cfg: TrainConfig, warm_start: dict[str, Any]) -> dict[str, Any]:
     evals = read_jsonl(run_dir / "eval.jsonl")
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     sft_log = read_jsonl(run_dir / "sft" / "sft_log.jsonl")  # [] when RL started from init=
     sft_checks = [r["val_acc"] for r in sft_log if "val_acc" in r]
     first, final = (evals[0] if evals else {}), (evals[-1] if evals else {})
     return {
-        "warm_start": warm_start_info(cfg),
+        "warm_start": warm_start,
         "sft_steps_run": len(sft_log),
         "sft_seconds": sft_log[-1].get("time/elapsed") if sft_log else None,
         "sft_val_acc": sft_checks[-1] if sft_checks else None,

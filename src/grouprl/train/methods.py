@@ -12,8 +12,9 @@ One object, built from the config, that the loop calls at fixed points (docs/out
 
 What each method gets:
 
-* ``canon_cosine`` / ``canon_cosine_r`` (any estimator whose hyperparameters include ``step``):
-  the 0-based global ``step`` and, unless set in ``estimator_kwargs``, ``total_steps=cfg.steps``.
+* ``canon_cosine`` / ``canon_cosine_r`` (any estimator, or term of an expression, whose
+  hyperparameters include ``step``): the 0-based global ``step`` and, unless set in
+  ``estimator_kwargs``, ``total_steps=cfg.steps`` (each goes to the terms that take it).
 * A loss or estimator that declares the batch field ``answer`` (COPO) gets answer ids from
   ``task.extract`` of each response (COPO's pluggable answer extraction). A loss with an
   ``inputs`` hook (COPO's: ``copo_terms`` once per step, with the ``estimator_kwargs`` of the
@@ -32,7 +33,7 @@ What each method gets:
   ``reward_components`` (``'task'`` / ``'module:function'``) score every response into
   ``batch.reward_components`` (B, K); each column gets the same per-response adjustments as
   ``rewards``: −kl_coef·KL(π_old‖π_ref) of the sequence with ``kl_in_reward`` (MaxMin's
-  F_u = E[r_u] − β·KL, arXiv:2402.08925 §2.2) and DAPO's overlong penalty with
+  F_u = E[r_u] − β·KL, the MaxMin objective of arXiv:2402.08925) and DAPO's overlong penalty with
   ``overlong_buffer``. Setting either without such an estimator is an error.
 * An estimator that declares a ``reward_view`` (MaxMin: the worst-off group's column) has that
   reward put into ``batch.rewards`` when it is the only term, so whatever else learns from the
@@ -50,7 +51,6 @@ import torch
 from torch import Tensor
 
 from ..advantages import compute_advantages
-from ..advantages.registry import ESTIMATORS
 from ..core import Rollouts
 from ..losses import LOSSES
 
@@ -60,15 +60,19 @@ __all__ = ["MethodHooks", "estimator_takes", "reward_component_fns", "check_meth
 
 
 def estimator_takes(name: str, hparam: str) -> bool:
-    """Whether the registered estimator ``name`` accepts the hyperparameter ``hparam`` (False for
-    expressions and unknown names)."""
-    if name not in ESTIMATORS:
+    """Whether the estimator ``name`` (a registered name or an expression: any of its terms)
+    accepts the hyperparameter ``hparam`` (False for unknown names)."""
+    from ..advantages import registry
+
+    try:
+        terms = registry.parse(name).terms
+    except Exception:  # noqa: BLE001 - an unknown name or a malformed expression takes nothing
         return False
-    info = ESTIMATORS[name]
-    defaults = getattr(info, "defaults", None)
-    if isinstance(defaults, dict) and hparam in defaults:
-        return True
-    return hparam in inspect.signature(info.fn).parameters
+    for _w, info, _kw in terms:
+        defaults = getattr(info, "defaults", None)
+        if (isinstance(defaults, dict) and hparam in defaults) or hparam in inspect.signature(info.fn).parameters:
+            return True
+    return False
 
 
 def reward_component_fns(cfg: Any, task: Any, task_guard: Any) -> list[Callable[[list, list[str]], Tensor]]:
@@ -104,7 +108,7 @@ class MethodHooks:
     """The method-specific steps of one training run (see the module docstring)."""
 
     def __init__(self, cfg: Any, task: Any, score_fns: Sequence[Callable[[list, list[str]], Tensor]] = ()) -> None:
-        from ..losses.confucius3 import TargetedEntropyRegularizer
+        from ..losses.ter import TargetedEntropyRegularizer
 
         self.cfg = cfg
         self.task = task

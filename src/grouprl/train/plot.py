@@ -18,13 +18,13 @@ _TRAIN_PANELS = [
 
 def warm_start_note(run: Path) -> str | None:
     """A warning line when the run's SFT warm start missed its target (None otherwise)."""
-    import yaml
+    from .config import ConfigError, read_config_file
 
     log = read_jsonl(run / "sft" / "sft_log.jsonl")
     checks = [r["val_acc"] for r in log if "val_acc" in r]
     try:
-        target = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("sft_target_acc") or 0.0
-    except (OSError, yaml.YAMLError):
+        target = read_config_file(run / "config.yaml").get("sft_target_acc") or 0.0
+    except (OSError, ConfigError):
         return None
     if checks and target and checks[-1] < target:
         return f"warm start missed its SFT target: validation acc {checks[-1]:.3f} < {target} after {len(log)} steps"

@@ -1,7 +1,7 @@
 """``grouprl.train.train``: the entry point of a training run. It holds the run's lock and record
-for the whole call, runs the task loop (:func:`grouprl.train.loop.train_task`) or, for ``env=``,
-the agent loop (:func:`grouprl.train.agent_loop.train_agent`), and on an error before the first
-step removes the fresh run directory; a full disk becomes a short ``CheckpointError``."""
+for the whole call, runs the training loop (:func:`grouprl.train.loop.train_loop`, task or ``env=``
+runs alike), and on an error before the first step removes the fresh run directory; a full disk
+becomes a short ``CheckpointError``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from .._osutil import disk_full_message, is_disk_full
-from .agent_loop import initial_agent_model, train_agent
 from .checkpoint import CheckpointError
 from .config import TrainConfig
-from .loop import load_initial_model, load_task, train_task
+from .device import resolve_device
+from .env_source import EnvSource
+from .loop import train_loop
 from .rundir import _RUN, _Run
+from .task_source import load_initial_model, load_task
 
 __all__ = ["build_warm_start", "train"]
 
@@ -21,10 +23,10 @@ __all__ = ["build_warm_start", "train"]
 def build_warm_start(cfg: TrainConfig, run_dir: str | Path) -> Any:
     """The policy RL starts from, as ``train`` would load it: for an SFT warm start the SFT runs now and
     is saved to ``run_dir/sft`` (the arena builds one per key and shares it across cells). The task
-    loop's warm start (``init``, shipped, task SFT) or, for ``env=``, the agent loop's (SFT on the
-    environment's scripted expert). Returns (model, tokenizer)."""
+    task source's warm start (``init``, shipped, task SFT) or, for ``env=``, the env source's (SFT on
+    the environment's scripted expert). Returns (model, tokenizer)."""
     if cfg.env is not None:
-        return initial_agent_model(cfg, Path(run_dir))
+        return EnvSource(cfg, Path(run_dir), resolve_device(cfg.device), amp=None).initial_model()
     return load_initial_model(cfg, load_task(cfg), Path(run_dir))
 
 
@@ -39,9 +41,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, console: Any = 
     run = _Run()
     token = _RUN.set(run)
     try:
-        if cfg.env is not None:  # multi-turn agents in a text environment
-            return train_agent(cfg, resume=resume, console=console)
-        return train_task(cfg, resume=resume, console=console)
+        return train_loop(cfg, resume=resume, console=console)
     except Exception as exc:  # (not Ctrl-C: an interrupted run stays resumable)
         run.failed()
         if is_disk_full(exc):

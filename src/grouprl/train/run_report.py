@@ -13,9 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..reporting import render_html, render_markdown
+from .config import SECTION_OF, read_config_file
 from .logging import environment_versions, read_jsonl
 from .plot import plot_run, warm_start_note
 
@@ -61,7 +60,7 @@ def write_run_report(run: str | Path, out_dir: str | Path | None = None) -> dict
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run}: no config.yaml; is it a grouprl training run directory?")
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    config = read_config_file(run / "config.yaml")  # flat, whether written nested by section or flat
     evals = read_jsonl(run / "eval.jsonl")
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -96,7 +95,8 @@ def write_run_report(run: str | Path, out_dir: str | Path | None = None) -> dict
         blocks.append(("table", ["field", "value"],
                        [[k, _f(v)] for k, v in summary.items() if k not in skip]))
     blocks.append(("h2", "Config"))
-    blocks.append(("table", ["key", "value"], [[k, f"`{v}`"] for k, v in config.items()]))
+    blocks.append(("table", ["section", "key", "value"],
+                   [[SECTION_OF.get(k, "-"), k, f"`{v}`"] for k, v in config.items()]))
     versions = summary.get("versions")
     blocks.append(("h2", "Versions" + ("" if versions else " (of this report's environment: the run recorded none)")))
     blocks.append(("table", ["package", "version"], [[k, _f(v)] for k, v in (versions or environment_versions()).items()]))

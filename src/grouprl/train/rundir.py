@@ -1,6 +1,6 @@
 """The run directory of ``grouprl train``: creating or reopening it, its exclusive lock, its saved
 config, and the record of the run being set up (:class:`_Run`, reached with :func:`current_run`),
-which the entry point :func:`grouprl.train.run.train` cleans up. Used by both training loops."""
+which the entry point :func:`grouprl.train.run.train` cleans up. Used by the training loop (task and env runs)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 from .._osutil import LockHeld, exclusive_lock, release_lock, remove_stale_temps, write_text_atomic
-from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config
+from .checkpoint import CheckpointError
+from .config import RESUMABLE_FIELDS, ConfigError, TrainConfig, build_config, config_yaml, flatten_sections
 
-__all__ = ["prepare_run_dir", "resume_config", "current_run"]
+__all__ = ["prepare_run_dir", "resume_config", "current_run", "check_resume", "resume_state"]
 
 
 class _Run:
@@ -70,7 +71,8 @@ def _lock_run_dir(run_dir: Path) -> None:
 
 
 def _read_saved_config(saved: Path) -> dict[str, Any]:
-    """A run's config.yaml as a dict; an empty or unreadable file is a ConfigError (never a default config)."""
+    """A run's config.yaml as a flat dict of fields; an empty or unreadable file is a ConfigError (never a
+    default config)."""
     try:
         values = yaml.safe_load(saved.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -81,7 +83,7 @@ def _read_saved_config(saved: Path) -> dict[str, Any]:
             "written completely (a kill while the run was being created). Start the run again under a new name, "
             f"or delete {saved.parent} and run the same command again."
         )
-    return values
+    return flatten_sections(values, where=str(saved))  # nested by section, or flat (written before sections)
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, TrainConfig]:
@@ -108,7 +110,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> tuple[Path, 
             + (" with a different config" if old != cfg.model_dump() else "")
             + f"; continue it with `grouprl train --resume {run_dir}` or choose another name=..."
         )
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", config_yaml(cfg))
     run = _RUN.get()
     if run is not None:
         run.fresh = True
@@ -121,6 +123,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
     if not saved.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a grouprl run directory?")
     values = _read_saved_config(saved)
+    overrides = flatten_sections(overrides, where="--resume overrides")
     bad = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
     if bad:
         raise ConfigError(
@@ -134,3 +137,29 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
 def current_run() -> "_Run | None":
     """The record of the run :func:`grouprl.train.run.train` is setting up (None outside it)."""
     return _RUN.get()
+
+
+def resume_state(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint records of its config: the hash and the names of the fields it covers."""
+    return {"config_hash": cfg.compat_hash(), "config_fields": sorted(TrainConfig.model_fields)}
+
+
+def check_resume(cfg: TrainConfig, state: dict[str, Any], ckpt: Path, run_dir: Path) -> None:
+    """Refuse to resume checkpoint ``ckpt`` with a config that would change the run's trajectory.
+
+    The checkpoint's hash covers the fields its version had (``config_fields``; a checkpoint written
+    before that record covers the keys of the run's config.yaml, which every version writes in full).
+    A field added since must hold its default, which the resumed config gives it (the run's
+    config.yaml lacks it): then the old run resumes. A differing value is refused, naming the fields."""
+    fields = state.get("config_fields")
+    if fields is None:
+        fields = list(_read_saved_config(run_dir / "config.yaml"))
+    new = sorted(f for f in TrainConfig.model_fields if f not in set(fields) and f not in RESUMABLE_FIELDS
+                 and getattr(cfg, f) != TrainConfig.model_fields[f].get_default(call_default_factory=True))
+    if new:
+        raise CheckpointError(f"checkpoint {ckpt} predates the field(s) {', '.join(new)}, which this config sets "
+                              "away from their default; resume without them, or start a new run.")
+    if state["config_hash"] != cfg.compat_hash(fields):
+        raise CheckpointError(
+            f"checkpoint {ckpt} was written by a run with a different config (hash {state['config_hash']} vs "
+            f"{cfg.compat_hash(fields)}); resume with the run's own config.yaml or start a new run.")

@@ -1,5 +1,4 @@
-"""GREAM's SRPO advantage: Bonus-Calibrated Group Advantage Estimation, BGAE (srpo-gream.md §2.2),
-arXiv:2510.20815. The reward half (RSVR) is ``grouprl.rewards.rsvr``."""
+"""GREAM's SRPO advantage: Bonus-Calibrated Group Advantage Estimation, BGAE, arXiv:2510.20815. The reward half (RSVR) is ``grouprl.rewards.rsvr``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Confucius3-Math: Policy-Specific Hardness Weighting, PSHW (confucius3.md §2.2), arXiv:2506.18330.
+"""Confucius3-Math: Policy-Specific Hardness Weighting, PSHW, arXiv:2506.18330.
 
 The other two Confucius3-Math techniques live elsewhere: Targeted Entropy Regularization is a
-loss term (``grouprl.losses.confucius3``), Recent Sample Recovery a sampler buffer
+loss term (``grouprl.losses.ter``), Recent Sample Recovery a sampler buffer
 (``grouprl.sampling``).
 """
 

@@ -1,4 +1,4 @@
-"""Confucius3-Math's Targeted Entropy Regularization, TER (confucius3.md §2.1), arXiv:2506.18330.
+"""Confucius3-Math's Targeted Entropy Regularization, TER, arXiv:2506.18330.
 
     loss += |H − entropy_target| × entropy_coeff,   entropy_target = 0.55, entropy_coeff = 0.001
 
@@ -45,8 +45,8 @@ def ter_loss(
     """TER term coeff·|H − target| (0-d, differentiable through ``entropy``) and metrics.
 
     H = aggregate(entropy, mask, agg) (``agg`` and the normalisers as in ``policy_loss``; the
-    report logs the token-mean entropy). With no valid token the term is skipped (0), as the spec
-    recommends (verl would add coeff·target = 0.00055 for H = 0). At the target (within
+    report logs the token-mean entropy). With no valid token the term is skipped (0), a proposed
+    reading (verl would add coeff·target = 0.00055 for H = 0). At the target (within
     ``AT_TARGET_TOL``) the term and its subgradient are 0.
     """
     m = mask.to(torch.bool)
