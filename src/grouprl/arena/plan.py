@@ -58,7 +58,7 @@ def _measured() -> dict[str, tuple[float, float | None]]:
 def _start_of(config: dict[str, Any]) -> str:
     """Where a cell without an SFT key starts RL: a shipped warm start, ``init``, or the bare model."""
     from ..train.config import build_config
-    from ..train.loop import shipped_warm_start
+    from ..train.task_source import shipped_warm_start
 
     if config.get("init") is not None:
         return f"init {config['init']}"
