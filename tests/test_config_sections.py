@@ -177,7 +177,7 @@ def test_arena_spec_accepts_nested_parts(tmp_path):
     p = tmp_path / "spec.yaml"  # a nested file over a flat preset
     p.write_text("base:\n  optim: {steps: 5}\n")
     spec = load_spec(p, preset="quick")
-    assert spec.base["steps"] == 5 and spec.base["lr"] == 5e-5
+    assert spec.base["steps"] == 5 and spec.base["eval_size"] == 200  # the preset's other base keys stay
     with pytest.raises(SpecError, match=r"base: seed are set by the arena"):
         spec_from_dict({"base": {"run": {"seed": 1}}, "methods": ["g"], "tasks": ["add3r"], "seeds": [0]})
     with pytest.raises(SpecError, match=r"methods.g mixes sections"):
