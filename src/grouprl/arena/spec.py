@@ -126,7 +126,7 @@ _TASK_TICTACTOE = {"tictactoe": {"env": "tictactoe", "env_kwargs": {"invalid_pen
 
 #: Built-in specs (docs/arena.md, "Presets"). ``evidence`` is the outcome-method comparison; the
 #: blocks ``token_credit``, ``maxmin``, ``agents`` and ``selfplay`` are the methods that need more than
-#: an outcome reward, 20 seeds each (each at most 44 min on 2 idle cores by the measured CPU seconds
+#: an outcome reward, 20 seeds each (each at most 41 min on 2 idle cores by the measured CPU seconds
 #: below; seeds 0-9 of the add3r blocks' grpo cells are evidence's); ``quick`` is a tiny sweep in the
 #: evidence regime that CI can afford.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -204,8 +204,9 @@ PRESET_CPU_S: dict[str, dict[str, Any]] = {
     "maxmin": {"cells": {"grpo": 25.3, "maxmin": 25.2}, "warm_start": None},
     "token_credit": {"cells": {"grpo": 25.3, "hapo": 28.6, "spo_chain": 31.4, "spo_tree": 24.1, "tppo": 44.3,
                                "egae": 55.6}, "warm_start": None},
-    "agents": {"cells": {"grpo": 76.8, "gigpo": 91.7, "salt": 72.7}, "warm_start": 21.5},
-    "selfplay": {"cells": {"grpo": 58.8, "mars": 53.0, "advevo": 54.5}, "warm_start": 69.2},
+    # the env blocks measured again after env runs joined the shared loop (docs/arena.md)
+    "agents": {"cells": {"grpo": 70.8, "gigpo": 84.8, "salt": 67.0}, "warm_start": 21.0},
+    "selfplay": {"cells": {"grpo": 48.7, "mars": 46.5, "advevo": 47.7}, "warm_start": 70.2},
 }
 
 #: Presets that were removed, and what replaced them (named in the error of ``load_spec``).
