@@ -26,6 +26,9 @@ A database made before ``eval_items`` existed opens as before (the table is crea
 report says that per-prompt statistics are unavailable for it.
 
 ``export(db, out_dir)`` writes cells/metrics/evals/eval_items as CSV (and Parquet when pyarrow imports).
+``slim(db, out)`` writes a copy small enough to keep in the repository: every table but ``eval_items``
+whole, and of ``eval_items`` each cell's first (step 0, the warm start) and last evaluation only,
+which is all the paired statistics of the report and the claims table read.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["ArenaStore", "STATUSES", "export", "versions"]
+__all__ = ["ArenaStore", "STATUSES", "export", "slim", "versions"]
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -114,10 +118,25 @@ def _item_rows(cell_id: str, rows: Iterable[dict[str, Any]]) -> list[tuple[str, 
 
 
 class ArenaStore:
-    """The arena database at ``path`` (created with the schema when new)."""
+    """The arena database at ``path`` (created with the schema when new). ``readonly=True`` opens an
+    existing database for reading only (reports, claims): the file is not modified, not even its
+    journal mode, so a store kept in git stays byte-identical; a table it lacks (``eval_items`` of
+    an old database) is an empty temporary table of this connection."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no arena database there")
+            self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=60,
+                                        isolation_level=None)
+            have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for stmt in _SCHEMA.strip().split(";"):
+                table = stmt.split("EXISTS", 1)[-1].split("(", 1)[0].strip()
+                if stmt.strip() and table not in have:
+                    self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1)
+                                      .replace("REFERENCES cells(cell_id)", ""))
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -252,7 +271,9 @@ class ArenaStore:
 
 
 def _table_rows(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:
-    order = "cell_id, step, item" if table == "eval_items" else "rowid"  # eval_items is WITHOUT ROWID
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name=?", (table,)).fetchone()[0]
+    key = "cell_id, step, item" if table == "eval_items" else "cell_id, step, name"
+    order = key if "WITHOUT ROWID" in sql.upper() else "rowid"  # eval_items (and a slim copy's tables)
     cur = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
     return [d[0] for d in cur.description], cur.fetchall()
 
@@ -289,3 +310,53 @@ def export(db: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("csv
     finally:
         conn.close()
     return written
+
+
+def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
+
+
+def slim(db: str | Path, out: str | Path) -> Path:
+    """Copy the arena database ``db`` to ``out`` for keeping in git: ``meta``, ``cells``, every
+    ``metrics`` and ``evals`` row (the learning curves), and the ``eval_items`` of each cell's first
+    and last evaluation only (the warm start and the final scores the paired statistics use); in
+    rollback-journal mode and VACUUMed. ``meta.slim`` records what was dropped. The copy is built
+    in a temporary file and renamed, so ``out`` is never half written. Returns ``out``."""
+    src, out = Path(db), Path(out)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no arena database there")
+    if out.exists() and out.resolve() == src.resolve():
+        raise ValueError(f"slim: the output {out} is the database itself; give another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(str(tmp), isolation_level=None, uri=True)
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        for stmt in _SCHEMA.strip().split(";"):
+            if stmt.strip():  # metrics and evals WITHOUT ROWID too: half their size (no separate key index)
+                conn.execute(stmt.strip() + (" WITHOUT ROWID" if "PRIMARY KEY (cell_id, step, name)" in stmt else ""))
+        conn.execute("ATTACH DATABASE ? AS src", (f"file:{src.resolve()}?mode=ro",))
+        have = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type='table'")}
+        conn.execute("BEGIN")
+        for table in ("meta", "cells", "metrics", "evals"):
+            cols = ", ".join(c for c in _columns(conn, "main", table) if c in _columns(conn, "src", table))
+            conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table}")
+        if "eval_items" in have:
+            conn.execute(
+                "INSERT INTO main.eval_items SELECT e.cell_id, e.step, e.item, e.score FROM src.eval_items e JOIN "
+                "(SELECT cell_id, MIN(step) AS lo, MAX(step) AS hi FROM src.eval_items GROUP BY cell_id) b "
+                "ON e.cell_id = b.cell_id AND (e.step = b.lo OR e.step = b.hi)")
+        conn.execute("INSERT OR REPLACE INTO main.meta(key, value) VALUES ('slim', ?)",
+                     (json.dumps({"from": str(src), "made": time.time(),
+                                  "eval_items": "each cell's first and last evaluation only"}),))
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE src")
+        conn.execute("VACUUM")
+    except BaseException:
+        conn.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    conn.close()
+    os.replace(tmp, out)
+    return out
