@@ -50,7 +50,7 @@ def _run(args: list[str], timeout: float) -> str:
     if binary is None:
         raise FileNotFoundError("no chromium binary on PATH (Debian: apt-get install chromium)")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
-    done = subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout
@@ -65,7 +65,7 @@ def layout(page: str | Path, width: int = 1280, timeout: float = 120) -> dict:
         dom = _run([f"--window-size={width},1000", "--dump-dom", probe.as_uri()], timeout)
     finally:
         probe.unlink(missing_ok=True)
-    m = re.search(r'<pre id="layout-check">(.*?)</pre>', dom, re.S)
+    m = re.search(r'<pre id="layout-check">(.*?)</pre>', dom, re.DOTALL)
     if m is None:
         raise RuntimeError(f"{page}: the layout check did not run (no result in the rendered DOM)")
     return json.loads(m.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
