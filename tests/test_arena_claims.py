@@ -135,6 +135,12 @@ def test_a_claim_that_cannot_run_here_says_why_and_one_group_is_said(tmp_path):
     assert row_bar[0] == "Bar" and row_bar[8] == "one group" and "(`solo`)" in row_bar[2]
     with pytest.raises(ValueError, match="two stored runs named 'solo'"):
         claims_blocks([db, db], claims)
+    con = sqlite3.connect(db)  # ngrpo finished seed 0 only, grpo every seed but 0
+    con.execute("UPDATE cells SET status='failed' WHERE (method='ngrpo') != (seed=0)")
+    con.commit()
+    con.close()
+    (_, row_bar), = [b[2] for b in claims_blocks([db], claims) if b[0] == "table"][:1]
+    assert row_bar[2] == "not run: `ngrpo` and `grpo` finished no seed in common in the stored `solo` run"
 
 
 # ---------------------------------------------------------------------------- slim stores

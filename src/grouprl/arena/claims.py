@@ -240,7 +240,10 @@ def _row(c: Claim, m: Measure | None, stores: _Stores) -> list[str]:
         return head + [_not_run(m, stores)] + ["–"] * 6
     data, task = run[1], tasks[0]
     comps, note = stores.comparisons(m.preset, task, m.baseline)
-    comp = next(x for x in comps if x["method"] == m.method)
+    comp = next((x for x in comps if x["method"] == m.method), None)
+    if comp is None:
+        return head + [f"not run: `{m.method}` and `{m.baseline}` finished no seed in common in the stored "
+                       f"`{m.preset}` run"] + ["–"] * 6
     setting = (_setting(data, m.preset, task) + (f"; {c.note}" if c.note else "")
                + (f"; compared by seed only: {note}" if note and comp["n_items"] is None else ""))
     design = f"{comp['n_seeds']} × {comp['n_items'] if comp['n_items'] is not None else '–'}"
