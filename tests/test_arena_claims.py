@@ -162,6 +162,8 @@ def test_slim_copy_keeps_what_the_report_and_claims_read(stored, tmp_path):
     q = "SELECT * FROM eval_items WHERE step IN (?, ?) ORDER BY 1, 2, 3"
     assert full.execute(q, (STEPS[0], STEPS[-1])).fetchall() == small.execute(q, (STEPS[0], STEPS[-1])).fetchall()
     assert small.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert {r[0] for r in small.execute("SELECT name FROM sqlite_master WHERE type='view'")} == {
+        "metrics", "evals", "eval_items"}  # packed tables read through views
     assert json.loads(dict(small.execute("SELECT key, value FROM meta"))["slim"])["from"] == str(stored)
     full.close()
     small.close()
@@ -177,6 +179,8 @@ def test_slim_copy_keeps_what_the_report_and_claims_read(stored, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "rep" / "export" / "eval_items.csv").is_file(), r.output
     table = [next(b for b in claims_blocks([p]) if b[0] == "table") for p in (stored, out)]
     assert table[0] == table[1]  # the claims rows
+    with pytest.raises(ValueError, match="is a slim copy"):  # not a store to run into
+        ArenaStore(out)
     assert _md5(out) == digest  # reading never touches a kept store
     assert not out.with_name(out.name + "-wal").exists()
 
