@@ -242,8 +242,8 @@ def _row(c: Claim, m: Measure | None, stores: _Stores) -> list[str]:
     comps, note = stores.comparisons(m.preset, task, m.baseline)
     comp = next((x for x in comps if x["method"] == m.method), None)
     if comp is None:
-        return head + [f"not run: `{m.method}` and `{m.baseline}` finished no seed in common in the stored "
-                       f"`{m.preset}` run"] + ["–"] * 6
+        why = f"not run: `{m.method}` and `{m.baseline}` finished no seed in common in the stored `{m.preset}` run"
+        return [*head, why] + ["–"] * 6
     setting = (_setting(data, m.preset, task) + (f"; {c.note}" if c.note else "")
                + (f"; compared by seed only: {note}" if note and comp["n_items"] is None else ""))
     design = f"{comp['n_seeds']} × {comp['n_items'] if comp['n_items'] is not None else '–'}"
