@@ -23,7 +23,7 @@ from grouprl.cli import app
 
 # planted per-prompt lifts over grpo: ngrpo helps, canon hurts, copo does nothing
 LIFT = {"grpo": 0.0, "ngrpo": 0.3, "canon": -0.3, "copo": 0.0}
-SEEDS, N_ITEMS, STEPS = list(range(5)), 120, (0, 2, 4)
+SEEDS, N_ITEMS, STEPS = list(range(8)), 120, (0, 2, 4)  # 8 seeds: the smallest exact p, 2/256, survives Holm
 
 
 def _store(root: Path, name: str = "evidence", lift: dict[str, float] = LIFT, seed: int = 0) -> Path:
@@ -74,7 +74,9 @@ def test_every_verdict_is_reachable_from_synthetic_cis():
     assert verdict(-0.01, 0.02, +1, mde=0.031) == "**not detected at this scale** (MDE 0.031)"
     assert verdict(0.0, 0.02, +1, mde=0.031).startswith("**not detected")  # a bound at 0 does not exclude it
     assert verdict(-0.01, 0.02, +1, mde=math.nan) == "**not detected at this scale** (MDE undefined)"
-    assert verdict(0.01, 0.05, +1, p_adj=0.2) == "**consistent** (seed-level test: not significant)"
+    assert verdict(0.01, 0.05, +1, p_adj=0.2, mde=0.03) == (
+        "**not detected at this scale** (the CI excludes 0 but the seed-level test does not: Holm p = 0.200; MDE 0.030)")
+    assert verdict(-0.05, -0.01, +1, p_adj=0.01) == "**contradicted**"
     assert verdict(0.01, 0.05, +1, p_adj=0.01) == "**consistent**"
     assert verdict(None, 0.05, +1) == verdict(math.nan, 0.05, +1) == "not measured"
     with pytest.raises(ValueError, match="direction"):
@@ -119,7 +121,7 @@ def test_claims_table_from_a_stored_arena(stored, tmp_path):
     assert by["HAPO"][2] == "not run: token_credit (`grouprl arena --preset token_credit`)"
     assert by["SPO: `spo_tree`"][2].startswith("not run: token_credit")
     runs = md[md.index("## Stored runs"):]
-    assert f"| `evidence` | `{stored}` | 20 done, 0 failed, 0 not finished of 20 | `abc123` |" in runs
+    assert f"| `evidence` | `{stored}` | {4 * len(SEEDS)} done, 0 failed, 0 not finished of {4 * len(SEEDS)} | `abc123` |" in runs
 
 
 def test_a_claim_that_cannot_run_here_says_why_and_one_group_is_said(tmp_path):
