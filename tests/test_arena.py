@@ -286,21 +286,43 @@ def test_resume_after_sigkill_reruns_only_unfinished_cells(tmp_path):
 
 
 # ---------------------------------------------------------------------------- ray
+def _results(root: Path) -> dict[str, list[tuple]]:
+    """A store's cells and result rows, without wall-clock timings (time/*, perf/*) and run paths."""
+    con = _db(root)
+    clock = "name NOT LIKE 'time/%' AND name NOT LIKE 'perf/%'"
+    out = {"cells": con.execute("SELECT cell_id, method, task, seed, status, error, config, attempts FROM cells "
+                                "ORDER BY cell_id").fetchall(),
+           "metrics": con.execute(f"SELECT * FROM metrics WHERE {clock} ORDER BY cell_id, step, name").fetchall(),
+           "evals": con.execute("SELECT * FROM evals ORDER BY cell_id, step, name").fetchall(),
+           "eval_items": con.execute("SELECT * FROM eval_items ORDER BY cell_id, step, item").fetchall()}
+    con.close()
+    return out
+
+
+@pytest.mark.slow
 def test_ray_backend_same_store(tmp_path):
+    """The same tiny sweep (2 methods x 1 seed, one shared warm start, one thread per cell) on a local Ray
+    instance and with local worker processes gives the same store: cells, statuses, configs, every
+    metric (but wall-clock timings), evaluation and per-prompt score."""
     ray = require("ray")
-    spec = spec_from_dict(mini_spec("onray", methods={"grpo": {"estimator": "grpo"}}, seeds=[0],
-                                    base={**TINY, "reward_fn": None}))
+    spec = spec_from_dict(mini_spec("onray", methods={"grpo": {"estimator": "grpo"}, "rloo": {"estimator": "rloo"}},
+                                    seeds=[0], base={**TINY, "reward_fn": None}))
+    local = run_arena(spec, out_dir=tmp_path / "local", workers=2)
     sys.path.insert(0, str(SRC))
     try:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}})
-        root = run_arena(spec, out_dir=tmp_path, workers=1, backend="ray")
+        root = run_arena(spec, out_dir=tmp_path / "ray", workers=2, backend="ray")
     finally:
         ray.shutdown()
+        sys.path.remove(str(SRC))
+    on_ray, on_local = _results(root), _results(local)
+    assert [(c[0], c[4]) for c in on_ray["cells"]] == [("grpo__mixed__s0", "done"), ("rloo__mixed__s0", "done")]
+    assert len(on_ray["metrics"]) > 0 and len(on_ray["eval_items"]) > 0
+    for table in on_local:
+        assert on_ray[table] == on_local[table], table
     with ArenaStore(root / "arena.db") as store:
-        (cell,) = store.cells()
-        assert cell["status"] == "done", cell["error"]
-        assert [s for s, _ in store.series("metrics", "reward")[cell["cell_id"]]] == [1, 2, 3]
+        assert [s for s, _ in store.series("metrics", "reward")["grpo__mixed__s0"]] == [1, 2, 3]
 
 
 def test_example_specs_match_presets():

@@ -9,7 +9,7 @@ honest statistics and a Markdown/HTML report (docs/arena.md).
 from .runner import ArenaError, run_arena, run_cell
 from .spec import PRESETS, ArenaSpec, Cell, SpecError, load_spec, spec_from_dict
 from .report import write_report
-from .store import ArenaStore, export
+from .store import ArenaStore, export, slim
 
 __all__ = ["ArenaError", "ArenaSpec", "ArenaStore", "Cell", "PRESETS", "SpecError", "export", "load_spec",
-           "run_arena", "run_cell", "spec_from_dict", "write_report"]
+           "run_arena", "run_cell", "slim", "spec_from_dict", "write_report"]

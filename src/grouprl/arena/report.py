@@ -35,7 +35,8 @@ from .stats import (bootstrap_band, bootstrap_ci, hierarchical_bootstrap, holm, 
                     probability_of_improvement, ranks, sign_flip_p)
 from .store import ArenaStore
 
-__all__ = ["write_report", "write_summary", "final_scores", "evidence", "ReportData", "ITEM_METRIC"]
+__all__ = ["write_report", "write_summary", "final_scores", "evidence", "load", "store_path", "ReportData",
+           "ITEM_METRIC"]
 
 ALPHA = 0.05
 POWER = 0.8
@@ -63,12 +64,26 @@ class ReportData:
         return [t for t in self.spec["tasks"] if any(c["task"] == t for c in self.done)]
 
 
-def _load(run: Path) -> ReportData:
-    db = run / DB_NAME
+def store_path(run: str | Path) -> Path:
+    """The arena database of ``run``: an arena run directory (its ``arena.db``) or a database file
+    (e.g. a slim copy kept in the repository, ``grouprl export RUN --slim OUT.db``)."""
+    run = Path(run)
+    db = run if run.is_file() else run / DB_NAME
     if not db.is_file():
         raise FileNotFoundError(f"{run}: neither {DB_NAME} (an arena run) nor config.yaml (a training run) is there; "
-                                "give a run directory")
-    store = ArenaStore(db)
+                                "give a run directory or an arena database file")
+    return db
+
+
+def default_out(run: Path) -> Path:
+    """Where a report goes by default: ``RUN/report``, or ``DIR/NAME-report`` beside a database file."""
+    return run.parent / f"{run.stem}-report" if run.is_file() else run / "report"
+
+
+def load(run: str | Path) -> ReportData:
+    """The report's data of an arena run directory or database file, opened read-only (close
+    ``.store`` when done)."""
+    store = ArenaStore(store_path(run), readonly=True)
     meta = store.meta()
     return ReportData(spec=meta["spec"], meta=meta, cells=store.cells(), store=store)
 
@@ -420,27 +435,33 @@ def _sections(data: ReportData, run: Path, fig_dir: Path, fig_rel: str, seed: in
     return blocks
 
 
-def _fairness(data: ReportData, metric: str, task: str, methods: list[str]) -> tuple[list[list[str]], list[str]]:
+def group_fairness(data: ReportData, metric: str, task: str,
+                   methods: list[str]) -> tuple[list[str], dict[str, tuple[list[float], dict[str, float]]]]:
+    """(data groups, ``{method: (final metric per group, mean over seeds; fairness_summary)}``) of a
+    task whose evaluations hold ``metric/<group>`` for two or more groups; ``([], {})`` otherwise.
+    A method without a score on some group is left out."""
     from ..metrics.fairness import fairness_summary
 
     names = [n for n in data.store.names("evals") if n.startswith(f"{metric}/")]
     if len(names) < 2:
-        return [], []
-    groups = [n.split("/", 1)[1] for n in names]
+        return [], {}
     per = {n: final_scores(data, n, task) for n in names}
-    rows = []
+    out = {}
     for m in methods:
-        gm = []
-        for n in names:
-            vals = list(per[n].get(m, {}).values())
-            gm.append(float(np.mean(vals)) if vals else np.nan)
-        if any(np.isnan(gm)):
-            continue
-        summ = fairness_summary(gm)
+        gm = [float(np.mean(list(per[n][m].values()))) if per[n].get(m) else np.nan for n in names]
+        if not any(np.isnan(gm)):
+            out[m] = (gm, fairness_summary(gm))
+    return [n.split("/", 1)[1] for n in names], out
+
+
+def _fairness(data: ReportData, metric: str, task: str, methods: list[str]) -> tuple[list[list[str]], list[str]]:
+    groups, per = group_fairness(data, metric, task, methods)
+    rows = []
+    for m, (gm, summ) in per.items():
         worst = groups[int(np.argmin(gm))]
         rows.append([f"`{m}`", *[_fmt(v) for v in gm], f"{worst} ({_fmt(summ['worst'])})", _fmt(summ["p20"]),
                      _fmt(summ["gini"])])
-    return rows, ["method", *groups, "worst group", "p20", "Gini"]
+    return (rows, ["method", *groups, "worst group", "p20", "Gini"]) if rows else ([], [])
 
 
 def _regret(data: ReportData, metric: str, task: str, methods: list[str]) -> tuple[list[list[str]], list[str], int]:
@@ -482,15 +503,15 @@ def _slug(s: str) -> str:
 def write_report(run: str | Path, out_dir: str | Path | None = None, *, figures: str = "figures",
                  seed: int = 0, json_summary: bool = False) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and PNG figures (under ``out_dir/figures``) for an arena
-    run; ``out_dir`` defaults to ``RUN/report``. With ``json_summary`` also ``summary.json``:
+    run directory or database file (``store_path``); ``out_dir`` defaults to ``default_out(run)``. With ``json_summary`` also ``summary.json``:
     ``{"methods": [...], "comparisons": [...]}`` with the rows of ``evidence`` for every task (the
     numbers of the final-score tables; undefined values, e.g. the MDE of one seed, are null).
     Returns the paths written."""
     run = Path(run)
-    data = _load(run)
+    data = load(run)
     collected: dict[str, list[dict[str, Any]]] = {"methods": [], "comparisons": []}
     try:
-        out = Path(out_dir) if out_dir is not None else run / "report"
+        out = Path(out_dir) if out_dir is not None else default_out(run)
         out.mkdir(parents=True, exist_ok=True)
         blocks = _sections(data, run, out / figures, figures, seed, collected)
     finally:
@@ -507,12 +528,12 @@ def write_report(run: str | Path, out_dir: str | Path | None = None, *, figures:
 def write_summary(run: str | Path, out_dir: str | Path | None = None, *, seed: int = 0) -> Path:
     """Only ``summary.json`` (see ``write_report``) of an arena run, in ``out_dir`` (default ``RUN/report``)."""
     run = Path(run)
-    data = _load(run)
+    data = load(run)
     try:
         body = summary(data, seed=seed)
     finally:
         data.store.close()
-    out = Path(out_dir) if out_dir is not None else run / "report"
+    out = Path(out_dir) if out_dir is not None else default_out(run)
     out.mkdir(parents=True, exist_ok=True)
     return _write_json(out / "summary.json", body)
 

@@ -26,6 +26,9 @@ A database made before ``eval_items`` existed opens as before (the table is crea
 report says that per-prompt statistics are unavailable for it.
 
 ``export(db, out_dir)`` writes cells/metrics/evals/eval_items as CSV (and Parquet when pyarrow imports).
+``slim(db, out)`` writes a copy small enough to keep in the repository: every table but ``eval_items``
+whole, and of ``eval_items`` each cell's first (step 0, the warm start) and last evaluation only,
+which is all the paired statistics of the report and the claims table read.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["ArenaStore", "STATUSES", "export", "versions"]
+__all__ = ["ArenaStore", "STATUSES", "export", "slim", "versions"]
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -114,12 +118,31 @@ def _item_rows(cell_id: str, rows: Iterable[dict[str, Any]]) -> list[tuple[str, 
 
 
 class ArenaStore:
-    """The arena database at ``path`` (created with the schema when new)."""
+    """The arena database at ``path`` (created with the schema when new). ``readonly=True`` opens an
+    existing database for reading only (reports, claims): the file is not modified, not even its
+    journal mode, so a store kept in git stays byte-identical; a table it lacks (``eval_items`` of
+    an old database) is an empty temporary table of this connection."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no arena database there")
+            self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=60,
+                                        isolation_level=None)
+            have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+            for stmt in _SCHEMA.strip().split(";"):
+                table = stmt.split("EXISTS", 1)[-1].split("(", 1)[0].strip()
+                if stmt.strip() and table not in have:
+                    self.conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1)
+                                      .replace("REFERENCES cells(cell_id)", ""))
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='view' AND name='metrics'").fetchone():
+            self.conn.close()
+            raise ValueError(f"{self.path} is a slim copy (grouprl export --slim): it can be read "
+                             "(grouprl report, grouprl claims), not run or resumed; use the sweep's own arena.db")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -252,7 +275,9 @@ class ArenaStore:
 
 
 def _table_rows(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:
-    order = "cell_id, step, item" if table == "eval_items" else "rowid"  # eval_items is WITHOUT ROWID
+    kind, sql = conn.execute("SELECT type, sql FROM sqlite_master WHERE name=?", (table,)).fetchone()
+    key = "cell_id, step, item" if table == "eval_items" else "cell_id, step, name"
+    order = key if kind == "view" or "WITHOUT ROWID" in sql.upper() else "rowid"  # eval_items; a slim copy's views
     cur = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
     return [d[0] for d in cur.description], cur.fetchall()
 
@@ -272,7 +297,7 @@ def export(db: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("csv
                 import pyarrow.parquet as pq  # type: ignore[no-redef]
             except ImportError:
                 pa = pq = None
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         for table in [t for t in ("cells", "metrics", "evals", "eval_items") if t in tables]:
             cols, rows = _table_rows(conn, table)
             if "csv" in formats:
@@ -289,3 +314,86 @@ def export(db: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("csv
     finally:
         conn.close()
     return written
+
+
+def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
+
+
+# A slim copy's long tables: integer codes (keys.id) for cell ids, metric names and item ids, in
+# WITHOUT ROWID tables, read through views with the store's table and column names.
+_SLIM_SCHEMA = """
+CREATE TABLE keys (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE metrics_packed (c INTEGER NOT NULL, step INTEGER NOT NULL, k INTEGER NOT NULL, value REAL,
+                             PRIMARY KEY (c, step, k)) WITHOUT ROWID;
+CREATE TABLE evals_packed (c INTEGER NOT NULL, step INTEGER NOT NULL, k INTEGER NOT NULL, value REAL,
+                           PRIMARY KEY (c, step, k)) WITHOUT ROWID;
+CREATE TABLE eval_items_packed (c INTEGER NOT NULL, step INTEGER NOT NULL, k INTEGER NOT NULL, score REAL,
+                                PRIMARY KEY (c, step, k)) WITHOUT ROWID;
+CREATE VIEW metrics AS SELECT kc.key AS cell_id, p.step AS step, kn.key AS name, p.value AS value
+    FROM metrics_packed p JOIN keys kc ON kc.id = p.c JOIN keys kn ON kn.id = p.k;
+CREATE VIEW evals AS SELECT kc.key AS cell_id, p.step AS step, kn.key AS name, p.value AS value
+    FROM evals_packed p JOIN keys kc ON kc.id = p.c JOIN keys kn ON kn.id = p.k;
+CREATE VIEW eval_items AS SELECT kc.key AS cell_id, p.step AS step, ki.key AS item, p.score AS score
+    FROM eval_items_packed p JOIN keys kc ON kc.id = p.c JOIN keys ki ON ki.id = p.k
+"""
+
+
+def slim(db: str | Path, out: str | Path) -> Path:
+    """Copy the arena database ``db`` to ``out`` for keeping in git: ``meta``, ``cells``, every
+    ``metrics`` and ``evals`` row (the learning curves), and the ``eval_items`` of each cell's first
+    and last evaluation only (the warm start and the final scores the paired statistics use).
+
+    The copy reads like a store (``ArenaStore(out, readonly=True)``, plain SQL on ``metrics``,
+    ``evals``, ``eval_items`` with their columns), but those three are views over packed tables that
+    hold integer codes (table ``keys``) instead of the repeated cell-id, name and item strings: about
+    a third of the size. Rollback-journal mode, VACUUMed; ``meta.slim`` records what was dropped.
+    Built in a temporary file and renamed, so ``out`` is never half written. Returns ``out``."""
+    src, out = Path(db), Path(out)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no arena database there")
+    if out.exists() and out.resolve() == src.resolve():
+        raise ValueError(f"slim: the output {out} is the database itself; give another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(str(tmp), isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        kept = [stmt for stmt in _SCHEMA.strip().split(";") if "TABLE IF NOT EXISTS meta " in stmt
+                or "TABLE IF NOT EXISTS cells " in stmt]
+        for stmt in kept + _SLIM_SCHEMA.strip().split(";"):
+            conn.execute(stmt)
+        conn.execute("ATTACH DATABASE ? AS src", (f"file:{src.resolve()}?mode=ro",))
+        have = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type='table'")}
+        conn.execute("BEGIN")
+        for table in ("meta", "cells"):
+            cols = ", ".join(c for c in _columns(conn, "main", table) if c in _columns(conn, "src", table))
+            conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table}")
+        rows = {"metrics": "SELECT cell_id, step, name, value FROM src.metrics",
+                "evals": "SELECT cell_id, step, name, value FROM src.evals"}
+        if "eval_items" in have:
+            rows["eval_items"] = (
+                "SELECT e.cell_id, e.step, e.item, e.score FROM src.eval_items e JOIN "
+                "(SELECT cell_id, MIN(step) AS lo, MAX(step) AS hi FROM src.eval_items GROUP BY cell_id) b "
+                "ON e.cell_id = b.cell_id AND (e.step = b.lo OR e.step = b.hi)")
+        for table, query in rows.items():
+            key, val = ("item", "score") if table == "eval_items" else ("name", "value")
+            conn.execute(f"CREATE TEMP TABLE t AS {query}")
+            conn.execute(f"INSERT OR IGNORE INTO keys(key) SELECT cell_id FROM temp.t UNION SELECT {key} FROM temp.t")
+            conn.execute(f"INSERT INTO {table}_packed SELECT kc.id, t.step, kk.id, t.{val} FROM temp.t t "
+                         f"JOIN keys kc ON kc.key = t.cell_id JOIN keys kk ON kk.key = t.{key}")
+            conn.execute("DROP TABLE temp.t")
+        conn.execute("INSERT OR REPLACE INTO main.meta(key, value) VALUES ('slim', ?)",
+                     (json.dumps({"from": str(src), "made": time.time(),
+                                  "eval_items": "each cell's first and last evaluation only"}),))
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE src")
+        conn.execute("VACUUM")
+    except BaseException:
+        conn.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    conn.close()
+    os.replace(tmp, out)
+    return out

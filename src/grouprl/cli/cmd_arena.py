@@ -6,6 +6,8 @@
     grouprl arena --resume arenas/quick     # continue a killed sweep; finished cells are not re-run
     grouprl report arenas/quick             # report.md + report.html + figures in arenas/quick/report
     grouprl report arenas/quick --json      # ... and summary.json (per-method IQM, paired comparisons)
+    grouprl export arenas/evidence --slim benchmarks/results/arena/evidence.db   # a store small enough for git
+    grouprl claims benchmarks/results/arena/*.db --out docs/evidence.md     # the claims table
 """
 
 from __future__ import annotations
@@ -68,9 +70,12 @@ def arena(
 
 @app.command("report")
 def report_cmd(
-    run: Path = typer.Argument(..., help="arena run directory (holds arena.db) or training run directory (config.yaml)"),
-    out: Optional[Path] = typer.Option(None, help="output directory (default RUN/report)"),
-    export_data: bool = typer.Option(True, "--export/--no-export", help="also (re)write CSV/Parquet exports to RUN/export"),
+    run: Path = typer.Argument(..., help="arena run directory (holds arena.db), arena database file (e.g. a slim "
+                                         "copy) or training run directory (config.yaml)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default RUN/report; DIR/NAME-report beside a "
+                                                  "database file NAME.db)"),
+    export_data: bool = typer.Option(True, "--export/--no-export", help="also (re)write CSV/Parquet exports to "
+                                                                        "RUN/export (OUT/export for a database file)"),
     json_out: bool = typer.Option(False, "--json", help="arena runs: also write summary.json (methods with IQM and CI; "
                                                          "paired comparisons with the baseline: diff, CI, p, p_adj, "
                                                          "prob_improvement, mde)"),
@@ -78,11 +83,11 @@ def report_cmd(
     """Markdown + HTML report of an arena run (figures, confidence intervals, tests) or of one training
     run (curves, evaluation table, summary, config, versions)."""
     from ..arena import export
-    from ..arena.report import write_report
+    from ..arena.report import store_path, write_report
     from ..arena.runner import DB_NAME
 
     console = Console()
-    if not (run / DB_NAME).is_file() and (run / "config.yaml").is_file():
+    if run.is_dir() and not (run / DB_NAME).is_file() and (run / "config.yaml").is_file():
         from ..train.run_report import write_run_report
 
         if json_out:
@@ -99,6 +104,57 @@ def report_cmd(
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2)
     if export_data:
-        export(run / "arena.db", run / "export")
+        export(store_path(run), (paths["markdown"].parent if run.is_file() else run) / "export")
     console.print(f"wrote {paths['markdown']}, {paths['html']} and figures in {paths['figures']}"
                   + (f"; {paths['json']}" if "json" in paths else ""))
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="arena run directory (holds arena.db) or arena database file"),
+    out: Optional[Path] = typer.Option(None, help="CSV/Parquet directory (default RUN/export)"),
+    slim: Optional[Path] = typer.Option(None, help="instead write a slim copy of the database to this file: every "
+                                                   "cell, metric and evaluation row, and the per-prompt scores of "
+                                                   "each cell's first and last evaluation only (VACUUMed)"),
+) -> None:
+    """Export an arena store: its tables as CSV/Parquet, or (--slim OUT.db) a copy small enough to keep
+    in the repository, from which `grouprl report` and `grouprl claims` work alone."""
+    from ..arena import export
+    from ..arena.report import store_path
+    from ..arena.store import slim as slim_copy
+
+    console = Console()
+    try:
+        db = store_path(run)
+        if slim is not None:
+            if out is not None:
+                raise ValueError("--out is the CSV/Parquet directory; with --slim the copy goes to the --slim path: "
+                                 "drop --out")
+            path = slim_copy(db, slim)
+            console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+            return
+        written = export(db, out if out is not None else (run.parent / "export" if run.is_file() else run / "export"))
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2)
+    console.print(f"wrote {len(written)} files in {written[0].parent if written else out}")
+
+
+@app.command("claims")
+def claims_cmd(
+    runs: list[Path] = typer.Argument(..., help="stored arena runs (run directories or database files), matched to "
+                                                "the claims' presets by their spec name"),
+    out: Path = typer.Option(Path("docs/evidence.md"), help="the Markdown file to write"),
+) -> None:
+    """The claims table: each seed paper's headline claim against the arena's measured difference from
+    GRPO (CI, MDE, Holm-adjusted p, verdict), from stored runs only (grouprl.arena.claims)."""
+    from ..arena.claims import write_claims
+
+    console = Console()
+    command = "grouprl claims " + " ".join(str(r) for r in runs) + f" --out {out}"
+    try:
+        path = write_claims(runs, out, command=command)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2)
+    console.print(f"wrote {path}")
