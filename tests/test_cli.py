@@ -51,3 +51,12 @@ def test_list_markdown_has_one_row_per_method():
     methods_part = res.output.split("Shipped warm starts")[0]  # the estimator and loss tables
     rows = [line for line in methods_part.splitlines() if line.startswith("| ") and not line.startswith("| name")]
     assert sorted(r.split(" | ")[0][2:] for r in rows) == sorted(names)
+
+
+def test_explain_shows_a_samplers_declared_inputs_and_state():
+    from grouprl.sampling import SAMPLERS
+
+    r = runner.invoke(app, ["explain", "sampler:vade"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "reads: " + ", ".join(SAMPLERS["vade"].needs) in r.output
+    assert "carries from step to step (checkpointed): " + ", ".join(SAMPLERS["vade"].carries) in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from test_sampling_fakes import FakeEnv, FakeGen
 
 from grouprl.sampling import (
+    BASE_STATE,
     SAMPLERS,
     EpochOrder,
     NoInformativePrompts,
@@ -302,3 +304,26 @@ def test_filter_reads_a_named_metric():
     assert all(p % 2 == 0 for p in _groups(gen)) and m["kept_groups"] == 4
     with pytest.raises(ValueError, match="metric='nope' needs gen.nope"):
         get_sampler("dapo_dynamic", 8, metric="nope").collect(0, 2, generate)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_sampler_declares_its_inputs_and_carried_state(name):
+    """Each registered sampler's ``carries`` is exactly what its checkpoint holds beyond the base
+    state (before and after steps), and ``needs`` says whether it reads ``prompt_groups``: one that
+    declares it refuses to be built without, one that does not is built without (the trainer passes
+    exactly what is declared)."""
+    cls = SAMPLERS[name]
+    assert set(cls.needs) <= {"prompt_groups", "rewards"}, cls.needs
+    n = 16
+    groups = ["a", "b"] * (n // 2) if "prompt_groups" in cls.needs else None
+    kw = {"group_size": 4} if "group_size" in inspect.signature(cls.__init__).parameters else {}
+    s = get_sampler(name, n, seed=0, prompt_groups=groups, **kw)
+    env = FakeEnv([0.1 + 0.05 * i for i in range(n)], group_size=4)
+    declared = set(BASE_STATE) | set(cls.carries)
+    assert set(s.state_dict()) == declared
+    for step in range(3):
+        s.collect(step, 4, env)
+        assert set(s.state_dict()) == declared
+    if "prompt_groups" in cls.needs:
+        with pytest.raises(ValueError, match="prompt_groups"):
+            get_sampler(name, n, seed=0, **kw)

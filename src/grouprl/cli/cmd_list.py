@@ -240,6 +240,10 @@ def _explain_loss(console: Console, name: str) -> None:
             console.print(f"  {k} = {_fmt(v.tolist())}")
 
 
+_DECLARED = (("needs", "reads"), ("carries", "carries from step to step (checkpointed)"),
+             ("provides", "adds the batch fields"))
+
+
 def _explain_other(console: Console, kind: str, name: str, obj) -> None:
     console.rule(f"[bold]{name}[/] — {kind}")
     if kind == "recipe":
@@ -260,3 +264,7 @@ def _explain_other(console: Console, kind: str, name: str, obj) -> None:
     console.print((doc or "-") + "\n")
     kw = _keywords(obj)
     console.print("keywords: " + (", ".join(f"{k}={v!r}" for k, v in kw.items()) or "none"))
+    for attr, what in _DECLARED:  # what a sampler or credit hook declares (its registry entry's data)
+        value = getattr(obj, attr, None)
+        if isinstance(value, tuple):
+            console.print(f"{what}: " + (", ".join(value) or "none"))

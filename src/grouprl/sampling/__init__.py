@@ -9,7 +9,7 @@ Samplers: ``uniform``, ``dapo_dynamic`` (DAPO / NGRPO), ``recent_sample_recovery
 See docs/sampling.md for how to choose and which parts are proposed readings.
 """
 
-from ._base import SAMPLERS, EpochOrder, Sampler, get_sampler, register
+from ._base import BASE_STATE, SAMPLERS, EpochOrder, Sampler, get_sampler, register
 from .dynamic import DynamicSampler, NoInformativePrompts, RecentSampleRecovery
 from .equitable import EquitableMaxMinSampler, EquitableSampler, fit_power_law, greedy_allocation
 from .filters import all_correct_groups, informative_groups, keep_groups
@@ -18,6 +18,7 @@ from .vade import VadeSampler, beta_update, decay_toward_prior, thompson_scores,
 
 __all__ = [
     "SAMPLERS",
+    "BASE_STATE",
     "Sampler",
     "EpochOrder",
     "get_sampler",

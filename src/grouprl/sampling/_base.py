@@ -28,6 +28,7 @@ from ..core import Registry, group_stats, suggest
 __all__ = [
     "Sampler",
     "SAMPLERS",
+    "BASE_STATE",
     "register",
     "get_sampler",
     "EpochOrder",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 SAMPLERS: Registry[type] = Registry("sampler")
+
+#: The ``state_dict`` keys of every sampler (its name, pool size, seed and RNG state).
+BASE_STATE: tuple[str, ...] = ("name", "num_prompts", "seed", "rng")
 
 
 def register(name: str):
@@ -92,6 +96,13 @@ class Sampler:
     """
 
     name = "sampler"
+    #: What the sampler reads beyond the prompt indices (declared, so a trainer passes exactly these):
+    #: ``prompt_groups`` (one data-group label per prompt, given at construction) and ``rewards``
+    #: (each collected group's rewards, read inside ``collect``).
+    needs: tuple[str, ...] = ()
+    #: The state it carries from step to step beyond :data:`BASE_STATE` (its ``state_dict`` keys; a
+    #: checkpoint saves them and a resumed run restores them).
+    carries: tuple[str, ...] = ()
 
     def __init__(self, num_prompts: int, *, seed: int = 0, prompt_groups=None) -> None:
         if not isinstance(num_prompts, (int, np.integer)) or isinstance(num_prompts, bool) or num_prompts < 1:

@@ -89,6 +89,9 @@ class DynamicSampler(Sampler):
     checkpoint it with ``torch.save``, not JSON.
     """
 
+    needs = ("rewards",)
+    carries = ("order", "tried", "carry", "carry_chunk")  # rewards: the group filter; carry: the groups carried to the next step
+
     def __init__(
         self,
         num_prompts: int,

@@ -112,6 +112,9 @@ class EquitableSampler(Sampler):
 
     objective = "utilitarian"
 
+    needs = ("prompt_groups", "rewards")
+    carries = ("key", "n", "obs", "sums", "used")  # per data group: prompts used, observed errors, the fitted curves
+
     def __init__(
         self,
         num_prompts: int,

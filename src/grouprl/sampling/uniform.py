@@ -18,6 +18,9 @@ class UniformSampler(Sampler):
     (groups whose rewards spread by at most ``tol``), ``epoch``.
     """
 
+    needs = ("rewards",)
+    carries = ("order",)  # rewards: only for its metrics; order: the epoch shuffle
+
     def __init__(self, num_prompts: int, *, seed: int = 0, prompt_groups=None, tol: float = 1e-6) -> None:
         super().__init__(num_prompts, seed=seed, prompt_groups=prompt_groups)
         self.tol = float(tol)

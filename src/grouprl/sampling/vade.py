@@ -81,6 +81,9 @@ class VadeSampler(Sampler):
     ``vade_brier`` (posterior mean vs observed success), ``vade_new_prompts`` (never seen before).
     """
 
+    needs = ("rewards",)
+    carries = ("alpha", "beta", "last_update", "selected_total", "t")  # the per-prompt Beta posteriors and their decay clock
+
     def __init__(
         self,
         num_prompts: int,

@@ -36,7 +36,7 @@ from .modes import MODES, Rollout
 from .reports import format_group_table, group_report, sampler_calibration
 from .reward_fns import load_reward_fn
 from .rundir import current_run
-from .sampler import get_sampler, load_sampler_state, sampler_state
+from .sampler import SAMPLERS, get_sampler, load_sampler_state, sampler_state
 from .sft import sft, sft_kwargs, sft_progress, sft_summary
 
 __all__ = [
@@ -277,8 +277,9 @@ class TaskSource:
         self.tok, self.credit = tok, credit
         group_names = sorted({e.data_group for e in self.pool}, key=str)
         self.group_id = {g: i for i, g in enumerate(group_names)}
-        self.sampler = get_sampler(cfg.sampler, len(self.pool), seed=cfg.seed,
-                                   prompt_groups=[e.data_group for e in self.pool], **cfg.sampler_kwargs)
+        wants_groups = "prompt_groups" in SAMPLERS[cfg.sampler].needs  # the sampler's declared inputs
+        self.sampler = get_sampler(cfg.sampler, len(self.pool), seed=cfg.seed, **cfg.sampler_kwargs,
+                                   prompt_groups=[e.data_group for e in self.pool] if wants_groups else None)
         self.pool_prompts = LazyTokens([e.prompt for e in self.pool], lambda t: encode_prompts(tok, t))
 
     def open_logs(self) -> None:
